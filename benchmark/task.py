@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -19,6 +19,23 @@ class Metric:
     name: str
     higher_is_better: bool
     description: str = ""
+
+
+@dataclass(frozen=True)
+class Landscape:
+    """A task whose shared parameters are a point in the plane, drawn with its trajectories.
+
+    Attributes:
+        bounds: ``(x1_min, x1_max, x2_min, x2_max)`` of the plot.
+        losses: maps points ``[N, 2]`` to the task losses ``[N, T]``.
+        pareto_set: points ``[M, 2]`` of the (numerically computed) Pareto set, in parameter space.
+        trajectory: the names of the two values :meth:`Task.evaluate` logs as the current point.
+    """
+
+    bounds: tuple[float, float, float, float]
+    losses: Callable[[Tensor], Tensor]
+    pareto_set: Tensor
+    trajectory: tuple[str, str] = ("x1", "x2")
 
 
 @dataclass
@@ -102,6 +119,10 @@ class Task:
     def evaluate(self, model: MultiTaskModel, split: str) -> dict[str, float]:
         """Every metric of :meth:`metrics` on ``split``; extra diagnostic values may be added."""
         raise NotImplementedError
+
+    def landscape(self) -> Landscape | None:
+        """For 2-D toy problems: what a report needs to draw trajectories over the loss contours."""
+        return None
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
