@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
@@ -77,7 +78,7 @@ class Task:
         name: the registry key (set by the decorator).
         description: one line for ``run_all.py list``.
         train_defaults: training settings this task is meant to run with (keys of ``TrainSpec``);
-            a suite may override each.
+            a suite may override each. A task may set it per instance in ``__init__``.
         eval_splits: the splits :meth:`evaluate` is called on. With a ``"val"`` split, the report
             selects the evaluation step on validation (``selection_metric``) and reads test there.
         selection_metric: the validation metric used for model selection (its direction is taken
@@ -86,7 +87,7 @@ class Task:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    train_defaults: ClassVar[Mapping[str, Any]] = {}
+    train_defaults: Mapping[str, Any] = MappingProxyType({})
     eval_splits: ClassVar[tuple[str, ...]] = ("val", "test")
     selection_metric: ClassVar[str | None] = None
 
