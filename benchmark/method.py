@@ -33,7 +33,8 @@ class StepContext:
         generator: seeded RNG of the run (``None``: torch's global RNG).
         level: ``"param"`` or ``"feature"``.
         activation: the point the gradients are taken at: the shared representation z (feature level)
-            or the flattened shared parameters (param level). Same shape as one task's gradient.
+            or the flattened shared parameters (param level, only for methods that set
+            ``uses_activation``). Same shape as one task's gradient.
         task_rows: ``[T, B]`` bool, which batch rows each loss is computed on (batch-separated losses,
             e.g. transfer learning); ``None`` when every loss uses the whole batch.
     """
@@ -54,12 +55,15 @@ class Method(nn.Module):
         description: one line for ``run_all.py list``.
         citation: the paper, ``Author et al. Year, Venue``.
         level: the level the method runs at unless a suite says otherwise.
+        uses_activation: whether ``combine`` reads ``ctx.activation`` (at the param level the engine
+            then gathers the shared parameters into one vector each step).
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     citation: ClassVar[str] = ""
     level: ClassVar[str] = "param"
+    uses_activation: ClassVar[bool] = False
 
     def __init__(self, num_tasks: int) -> None:
         super().__init__()
@@ -74,6 +78,11 @@ class Method(nn.Module):
     def weights(self, losses: Tensor, ctx: StepContext | None = None) -> Tensor | None:
         """Loss weights ``[T]`` for a one-backward update, or ``None`` for a gradient method."""
         return None
+
+    @property
+    def needs_grads(self) -> bool:
+        """Whether the engine must compute per-task gradients (false for loss-weighting methods)."""
+        return type(self).weights is Method.weights
 
     def check_grads(self, grads: Tensor) -> None:
         """Raise ``ValueError`` unless ``grads`` is ``[num_tasks, ...]`` with at least one more dim."""

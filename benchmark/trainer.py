@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
+import math
+import random
+import statistics
+import time
+import traceback
 from dataclasses import dataclass, field
 
-from benchmark.specs import RunSpec
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from benchmark.gradients import backward_step, choose_strategy, per_task_grads
+from benchmark.method import StepContext, get_method
+from benchmark.registry import load_plugin
+from benchmark.specs import RunSpec, TrainSpec
+from benchmark.task import Batch, get_task
+
+log = logging.getLogger(__name__)
 
 STATUSES = ("ok", "diverged", "failed")
 
@@ -28,3 +46,155 @@ class RunResult:
     error: str | None = None
     started: float = 0.0
     ended: float = 0.0
+
+
+def run(spec: RunSpec, progress: bool = False) -> RunResult:
+    """Train one run. Never raises: an exception is recorded as a ``failed`` result with its traceback."""
+    started = time.time()
+    try:
+        result = Trainer(spec).train(progress)
+    except Exception:  # a failing run is a result, it must not take the sweep down
+        log.exception("run failed: %s", spec.title)
+        result = RunResult(spec, "failed", error=traceback.format_exc())
+    result.started, result.ended = started, time.time()
+    return result
+
+
+class Trainer:
+    """Builds a run's task, model, method and optimizers; :meth:`train` runs it."""
+
+    def __init__(self, spec: RunSpec) -> None:
+        for plugin in spec.plugins:
+            load_plugin(plugin)
+        self.spec = spec
+        cfg = spec.train
+        self.device = torch.device(cfg.device)
+        seed_everything(spec.seed)
+        self.task = get_task(spec.task.name, **spec.task.params)
+        self.model = self.task.build_model().to(self.device)
+        self.method = get_method(spec.method.name, self.task.num_tasks, **spec.method.params).to(self.device)
+        self.level = cfg.level or self.method.level
+        self.optimizer = make_optimizer(list(self.model.parameters()), cfg, cfg.lr)
+        self.scheduler = make_scheduler(self.optimizer, cfg)
+        method_params = [p for p in self.method.parameters() if p.requires_grad]
+        self.method_optimizer = (
+            make_optimizer(method_params, cfg, cfg.method_lr or cfg.lr) if method_params else None
+        )
+        self.data_generator = torch.Generator().manual_seed(spec.seed)
+        self.method_generator = torch.Generator(self.device).manual_seed(spec.seed)
+
+    def train(self, progress: bool = False) -> RunResult:
+        cfg, result = self.spec.train, RunResult(self.spec, "ok")
+        batches = (b.to(self.device) for b in self.task.train_batches(cfg.batch_size, self.data_generator))
+        first = next(batches)
+        batches = itertools.chain([first], batches)
+        strategy = self._strategy(first, result.timings) if self.method.needs_grads else cfg.jacobian
+        loss_sum = torch.zeros(self.task.num_tasks, device=self.device)
+        train_s = eval_s = 0.0
+        interval_ms: list[float] = []
+        last_eval, tick = 0, time.perf_counter()
+        for step in tqdm(range(cfg.steps + 1), desc=self.spec.title, disable=not progress, leave=False):
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                self._sync()
+                now = time.perf_counter()
+                if step > last_eval:
+                    train_s += now - tick
+                    interval_ms.append((now - tick) / (step - last_eval) * 1e3)
+                    result.metrics += self._loss_rows(step, loss_sum / (step - last_eval))
+                    loss_sum.zero_()
+                result.metrics += self._evaluate(step)
+                last_eval, tick = step, time.perf_counter()
+                eval_s += tick - now
+                if not all(math.isfinite(r.value) for r in result.metrics if r.step == step):
+                    result.status = "diverged"
+                    result.error = f"non-finite loss or metric at step {step}"
+                    break
+            if step == cfg.steps:
+                break
+            loss_sum += self._step(next(batches), step, strategy)
+        result.timings.update(
+            step_ms_mean=train_s / max(last_eval, 1) * 1e3,
+            step_ms_median=statistics.median(interval_ms) if interval_ms else math.nan,
+            train_s=train_s,
+            eval_s=eval_s,
+        )
+        return result
+
+    def _step(self, batch: Batch, step: int, strategy: str) -> Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.method_optimizer is not None:
+            self.method_optimizer.zero_grad(set_to_none=True)
+        ctx = StepContext(step=step, generator=self.method_generator, level=self.level)
+        losses = backward_step(self.model, self.task, batch, self.method, ctx, strategy)
+        if self.spec.train.clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.train.clip_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.method_optimizer is not None:
+            self.method_optimizer.step()
+        return losses
+
+    def _strategy(self, batch: Batch, timings: dict[str, float]) -> str:
+        """The per-task gradient strategy of the config; ``auto`` is measured on this model and batch."""
+        if self.spec.train.jacobian != "auto":
+            return self.spec.train.jacobian
+        head_params = [p for p in self.model.heads.parameters() if p.requires_grad]
+
+        def probe(strategy: str) -> None:
+            z = self.model.trunk(batch.inputs)
+            point = z.detach().requires_grad_() if self.level == "feature" else z
+            targets = [point] if self.level == "feature" else self.model.shared_parameters()
+            losses = self.task.losses(self.model.forward_heads(point), batch)
+            per_task_grads(losses, targets, head_params, strategy)
+            self._sync()
+
+        choice, times = choose_strategy(probe)
+        timings.update({f"jacobian_{name}_ms": ms for name, ms in times.items()})
+        timings["jacobian_batched"] = float(choice == "batched")
+        return choice
+
+    def _evaluate(self, step: int) -> list[MetricRow]:
+        self.model.eval()
+        rows = [
+            MetricRow(step, split, name, float(value))
+            for split in self.task.eval_splits
+            for name, value in self.task.evaluate(self.model, split).items()
+        ]
+        self.model.train()
+        return rows
+
+    def _loss_rows(self, step: int, mean_losses: Tensor) -> list[MetricRow]:
+        pairs = zip(self.task.task_names, mean_losses.tolist(), strict=True)
+        return [MetricRow(step, "train_loss", name, value) for name, value in pairs]
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: TrainSpec, lr: float) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
+    return optimizer(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainSpec) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_steps``, then the configured schedule, as one LR factor per step."""
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(step / max(cfg.steps, 1), 1.0)))
+        if cfg.schedule == "step":
+            return cfg.lr_gamma ** (step // cfg.lr_step_size)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,265 @@
+"""YAML suite -> validated, frozen run specs. Every error names the file, the key path and the bad value.
+
+A suite file::
+
+    name: quick                       # default: the file's stem
+    seeds: [0, 1, 2]                  # or a count: 3 -> 0, 1, 2
+    plugins: [my_methods.py]          # optional, relative to the suite file
+    train: {steps: 500}               # TrainSpec overrides for every run
+    tasks:
+      - name: toy2d
+        params: {variant: nashmtl}
+        grid: {start: [0, 1, 2, 3, 4]}  # instances of one task, pooled under one label
+        train: {eval_every: 250}
+    methods:
+      - ew
+      - {name: graddrop, label: random_graddrop, params: {k: 0.0}}
+      - {name: graddrop, grid: {leak: [0.0, 0.5]}}  # one labelled method per value
+
+Training settings are merged, later winning: ``TrainSpec`` defaults, the task's ``train_defaults``,
+the suite's ``train``, the task entry's ``train``, the method entry's ``train``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import itertools
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from benchmark.registry import METHODS, TASKS, UnknownNameError, load_plugin
+from benchmark.specs import JACOBIAN_STRATEGIES, OPTIMIZERS, SCHEDULES, PluginSpec, RunSpec, TrainSpec
+
+SUITE_KEYS = ("name", "description", "seeds", "plugins", "train", "tasks", "methods")
+ENTRY_KEYS = ("name", "label", "params", "grid", "train")
+TRAIN_CHOICES = {
+    "optimizer": OPTIMIZERS,
+    "schedule": SCHEDULES,
+    "jacobian": JACOBIAN_STRATEGIES,
+    "level": ("param", "feature", None),
+}
+
+
+class ConfigError(ValueError):
+    """A suite file that cannot be run; the message starts with ``file: key.path:``."""
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    path: Path | None
+    runs: tuple[RunSpec, ...]
+
+
+def load_suite(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Suite:
+    """Read and validate a suite file; ``overrides`` are TrainSpec settings that win over the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: suite file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    return parse_suite(raw, source=path, overrides=overrides)
+
+
+def parse_suite(raw: Any, source: Path | None = None, overrides: Mapping[str, Any] | None = None) -> Suite:
+    """Validate a suite already read from YAML (a mapping)."""
+    where = str(source) if source else "<suite>"
+    fail = _failer(where)
+    suite = _mapping(raw, "", fail)
+    _check_keys(suite, SUITE_KEYS, "", fail)
+    for key in ("tasks", "methods"):
+        if not suite.get(key):
+            fail(key, f"a suite needs at least one entry under {key!r}")
+    name = str(suite.get("name") or (source.stem if source else "suite"))
+    plugins = _plugins(suite.get("plugins", []), source, fail)
+    seeds = _seeds(suite.get("seeds", [0]), fail)
+    suite_train = _mapping(suite.get("train", {}), "train", fail)
+    methods = [
+        _entry(m, f"methods[{i}]", METHODS, fail)
+        for i, m in enumerate(_list(suite["methods"], "methods", fail))
+    ]
+    _check_unique_labels(methods, fail)
+    runs = []
+    for i, task_raw in enumerate(_list(suite["tasks"], "tasks", fail)):
+        key = f"tasks[{i}]"
+        task_entry = _entry(task_raw, key, TASKS, fail)
+        for task_spec in _expand(task_entry, key, fail, relabel=False):
+            task = _construct(TASKS, task_spec, (), key, fail)
+            base_train = {**task.train_defaults, **suite_train, **task_entry.get("train", {})}
+            for m_key, method_entry in methods:
+                for method_spec in _expand(method_entry, m_key, fail, relabel=True):
+                    _construct(METHODS, method_spec, (task.num_tasks,), m_key, fail)
+                    train_raw = {**base_train, **method_entry.get("train", {}), **(overrides or {})}
+                    train = _train_spec(train_raw, f"{key}/{m_key}.train", fail)
+                    runs += [RunSpec(name, task_spec, method_spec, s, train, plugins) for s in seeds]
+    return Suite(name, str(suite.get("description", "")), source, tuple(runs))
+
+
+Fail = Callable[[str, str], NoReturn]
+
+
+def _failer(where: str) -> Fail:
+    def fail(key: str, message: str) -> NoReturn:
+        raise ConfigError(f"{where}: {key + ': ' if key else ''}{message}")
+
+    return fail
+
+
+def _mapping(value: Any, key: str, fail: Fail) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        fail(key, f"expected a mapping, got {value!r}")
+    return value
+
+
+def _list(value: Any, key: str, fail: Fail) -> list[Any]:
+    if not isinstance(value, list):
+        fail(key, f"expected a list, got {value!r}")
+    return value
+
+
+def _check_keys(mapping: Mapping[str, Any], allowed: tuple[str, ...], key: str, fail: Fail) -> None:
+    for k in mapping:
+        if k not in allowed:
+            close = difflib.get_close_matches(str(k), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; expected one of {', '.join(allowed)}"
+            fail(f"{key}.{k}" if key else str(k), f"unknown key{hint}")
+
+
+def _seeds(value: Any, fail: Fail) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return tuple(range(value))
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(s, int) and not isinstance(s, bool) for s in value)
+    ):
+        return tuple(value)
+    fail("seeds", f"expected a positive count or a list of integers, got {value!r}")
+
+
+def _plugins(value: Any, source: Path | None, fail: Fail) -> tuple[str, ...]:
+    paths = []
+    for i, item in enumerate(_list(value, "plugins", fail)):
+        path = Path(str(item))
+        if not path.is_absolute() and source is not None:
+            path = source.parent / path
+        if not path.is_file():
+            fail(f"plugins[{i}]", f"plugin file not found: {path}")
+        load_plugin(path)
+        paths.append(str(path.resolve()))
+    return tuple(paths)
+
+
+def _entry(raw: Any, key: str, registry, fail: Fail) -> tuple[str, dict[str, Any]]:
+    """A task or method entry as a dict with a known ``name``; a bare string is ``{name: ...}``."""
+    entry = {"name": raw} if isinstance(raw, str) else _mapping(raw, key, fail)
+    _check_keys(entry, ENTRY_KEYS, key, fail)
+    if "name" not in entry:
+        fail(key, "missing 'name'")
+    try:
+        cls = registry.get(entry["name"])
+    except UnknownNameError as err:
+        fail(f"{key}.name", str(err))
+    for part in ("params", "grid", "train"):
+        _mapping(entry.get(part, {}), f"{key}.{part}", fail)
+    allowed = tuple(cls.defaults())
+    if not _takes_kwargs(cls):
+        for part in ("params", "grid"):
+            _check_param_names(
+                entry.get(part, {}), allowed, f"{key}.{part}", registry.kind, entry["name"], fail
+            )
+    for name, values in entry.get("grid", {}).items():
+        if not isinstance(values, list) or not values:
+            fail(f"{key}.grid.{name}", f"expected a non-empty list of values, got {values!r}")
+    return key, entry
+
+
+def _check_param_names(params, allowed, key, kind, name, fail: Fail) -> None:
+    for p in params:
+        if p not in allowed:
+            close = difflib.get_close_matches(str(p), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; it takes {', '.join(allowed) or 'none'}"
+            fail(f"{key}.{p}", f"unknown parameter of {kind} {name!r}{hint}")
+
+
+def _takes_kwargs(cls: type) -> bool:
+    params = inspect.signature(cls.__init__).parameters.values()
+    return any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _expand(keyed_entry, key: str, fail, relabel: bool) -> list[PluginSpec]:
+    """One spec per combination of the entry's grid. Methods get a label per combination."""
+    _, entry = keyed_entry
+    grid = entry.get("grid", {})
+    base_label = entry.get("label") or entry["name"]
+    specs = []
+    for values in itertools.product(*grid.values()):
+        combo = dict(zip(grid, values, strict=True))
+        label = base_label
+        if relabel and combo:
+            label += "(" + ", ".join(f"{k}={v}" for k, v in combo.items()) + ")"
+        specs.append(PluginSpec(entry["name"], {**entry.get("params", {}), **combo}, str(label)))
+    return specs
+
+
+def _construct(registry, spec: PluginSpec, args: tuple, key: str, fail: Fail):
+    """Build the plugin once so that a bad hyperparameter value fails here, not mid-sweep."""
+    try:
+        return registry.create(spec.name, *args, **spec.params)
+    except (TypeError, ValueError) as err:
+        fail(key, f"{registry.kind} {spec.name!r} with {spec.params}: {err}")
+
+
+def _check_unique_labels(methods, fail: Fail) -> None:
+    seen: dict[str, str] = {}
+    for key, entry in methods:
+        label = entry.get("label") or entry["name"]
+        if label in seen and not entry.get("grid"):
+            fail(f"{key}.label", f"label {label!r} is already used by {seen[label]}; give one a 'label'")
+        seen[label] = key
+
+
+def _train_spec(raw: Mapping[str, Any], key: str, fail: Fail) -> TrainSpec:
+    hints = get_type_hints(TrainSpec)
+    fields = [f.name for f in dataclasses.fields(TrainSpec)]
+    _check_keys(raw, tuple(fields), key, fail)
+    values = {}
+    for name, value in raw.items():
+        values[name] = _coerce(value, hints[name], f"{key}.{name}", fail)
+        choices = TRAIN_CHOICES.get(name)
+        if choices is not None and values[name] not in choices:
+            fail(f"{key}.{name}", f"got {value!r}; expected one of {', '.join(map(str, choices))}")
+    spec = TrainSpec(**values)
+    for name in ("steps", "eval_every"):
+        if getattr(spec, name) < 1:
+            fail(f"{key}.{name}", f"must be >= 1, got {getattr(spec, name)}")
+    if spec.lr <= 0:
+        fail(f"{key}.lr", f"must be > 0, got {spec.lr}")
+    return spec
+
+
+def _coerce(value: Any, hint: Any, key: str, fail: Fail) -> Any:
+    """Check ``value`` against a TrainSpec field type; ints are accepted where floats are expected."""
+    allowed = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    if isinstance(value, bool):
+        ok = bool in allowed
+    elif isinstance(value, int) and float in allowed and int not in allowed:
+        return float(value)
+    else:
+        ok = any(isinstance(value, t) for t in allowed if t is not type(None))
+    if not ok:
+        names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+        fail(key, f"expected {names}, got {value!r}")
+    return value

@@ -1,0 +1,129 @@
+"""One training step's backward: per-task gradients at the chosen level, combined, written to ``.grad``.
+
+``param`` level: the method sees the Jacobian of the T losses w.r.t. the shared (trunk) parameters,
+``[T, P]``, and its update is written to their ``.grad``. ``feature`` level: the method sees the
+gradients w.r.t. the shared representation z, ``[T, *z.shape]``; its update is back-propagated through
+the trunk with one backward. Heads always receive the gradient of the summed losses, i.e. each head its
+own task's gradient. Loss-weighting methods (``Method.weights`` not ``None``) take one backward of
+``sum_i w_i L_i`` and no per-task gradients at all.
+
+Per-task gradients come from a loop of ``autograd.grad`` calls (``"loop"``) or one call with
+``is_grads_batched`` (``"batched"``); :func:`choose_strategy` picks between them by measuring.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from benchmark.method import Method, StepContext
+from benchmark.task import Batch, MultiTaskModel, Task
+
+log = logging.getLogger(__name__)
+
+BATCHED_MIN_SPEEDUP = 1.25
+"""``auto`` takes the batched call only when it is at least this much faster: a stable choice keeps
+repeated runs bit-identical."""
+
+
+def per_task_grads(
+    losses: Tensor, targets: Sequence[Tensor], heads: Sequence[Tensor], strategy: str
+) -> tuple[Tensor, list[Tensor]]:
+    """The Jacobian ``[T, N]`` of the T ``losses`` w.r.t. ``targets`` (flattened, concatenated), and
+    for each tensor in ``heads`` the gradient of the summed losses."""
+    num_tasks, inputs = losses.shape[0], [*targets, *heads]
+    if strategy == "batched":
+        eye = torch.eye(num_tasks, dtype=losses.dtype, device=losses.device)
+        grads = torch.autograd.grad(losses, inputs, eye, is_grads_batched=True, allow_unused=True)
+        grads = [_zeros_if_none(g, x, (num_tasks, *x.shape)) for g, x in zip(grads, inputs, strict=True)]
+        jacobian = torch.cat([g.flatten(1) for g in grads[: len(targets)]], dim=1)
+        return jacobian, [g.sum(0) for g in grads[len(targets) :]]
+
+    jacobian = losses.new_empty(num_tasks, sum(t.numel() for t in targets))
+    head_grads = [torch.zeros_like(h) for h in heads]
+    for i in range(num_tasks):
+        grads = torch.autograd.grad(losses[i], inputs, retain_graph=i < num_tasks - 1, allow_unused=True)
+        row = [_zeros_if_none(g, x, x.shape).reshape(-1) for g, x in zip(grads, targets, strict=False)]
+        torch.cat(row, out=jacobian[i])
+        for total, g in zip(head_grads, grads[len(targets) :], strict=True):
+            if g is not None:
+                total.add_(g)
+    return jacobian, head_grads
+
+
+def _zeros_if_none(grad: Tensor | None, like: Tensor, shape: Sequence[int]) -> Tensor:
+    return like.new_zeros(shape) if grad is None else grad
+
+
+def backward_step(
+    model: MultiTaskModel,
+    task: Task,
+    batch: Batch,
+    method: Method,
+    ctx: StepContext,
+    strategy: str = "loop",
+) -> Tensor:
+    """Forward ``batch``, combine the per-task gradients with ``method`` and set every ``.grad``.
+
+    ``ctx`` supplies the step, generator and level; its losses and activation are filled in here.
+    Gradients are assigned (not accumulated) for parameters that have none. Returns the detached
+    losses ``[T]``.
+    """
+    z = model.trunk(batch.inputs)
+    point = z.detach().requires_grad_() if ctx.level == "feature" else z
+    losses = task.losses(model.forward_heads(point), batch)
+    ctx.losses = losses.detach()
+
+    weights = method.weights(ctx.losses, ctx)
+    if weights is not None:
+        (weights.detach().to(losses.dtype) @ losses).backward()
+        if ctx.level == "feature":
+            z.backward(point.grad)
+        return ctx.losses
+
+    head_params = [p for p in model.heads.parameters() if p.requires_grad]
+    targets = [point] if ctx.level == "feature" else model.shared_parameters()
+    jacobian, head_grads = per_task_grads(losses, targets, head_params, strategy)
+    for param, grad in zip(head_params, head_grads, strict=True):
+        param.grad = grad
+
+    if ctx.level == "feature":
+        ctx.activation = z.detach()
+        z.backward(method.combine(jacobian.view(-1, *z.shape), ctx))
+    else:
+        if method.uses_activation:
+            ctx.activation = torch.cat([p.detach().reshape(-1) for p in targets])
+        _assign_flat(targets, method.combine(jacobian, ctx))
+    return ctx.losses
+
+
+def _assign_flat(params: Sequence[Tensor], flat: Tensor) -> None:
+    offset = 0
+    for p in params:
+        p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
+
+
+def choose_strategy(probe: Callable[[str], None], repeats: int = 3) -> tuple[str, dict[str, float]]:
+    """Time ``probe(strategy)`` for the loop and the batched call; return the choice and the times (ms).
+
+    The batched call wins only when it is ``BATCHED_MIN_SPEEDUP`` times faster; if it raises (an op
+    without a batching rule), the loop is used.
+    """
+    times: dict[str, float] = {}
+    for strategy in ("loop", "batched"):
+        try:
+            probe(strategy)  # warm-up
+            start = time.perf_counter()
+            for _ in range(repeats):
+                probe(strategy)
+            times[strategy] = (time.perf_counter() - start) / repeats * 1e3
+        except RuntimeError as err:
+            log.warning("batched per-task gradients unavailable, using the loop: %s", err)
+            return "loop", times
+    faster = times["loop"] >= BATCHED_MIN_SPEEDUP * times["batched"]
+    return ("batched" if faster else "loop"), times

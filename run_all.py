@@ -1,0 +1,115 @@
+"""Gradient Surgery Bench command line.
+
+    python run_all.py                               # run configs/quick.yaml, then write its report
+    python run_all.py run --suite configs/toy2d.yaml [--executor processes] [--device cuda]
+    python run_all.py report [--suite quick]        # reports from what the store holds
+    python run_all.py list [methods|tasks] [PATTERN]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmark.config import ConfigError, load_suite
+from benchmark.registry import METHODS, TASKS, load_plugin
+from benchmark.report import write_report
+from benchmark.store import ResultsStore
+from benchmark.sweep import EXECUTORS, default_workers, run_suite
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_SUITE = ROOT / "configs" / "quick.yaml"
+DEFAULT_STORE = ROOT / "results" / "store.sqlite"
+DEFAULT_REPORTS = ROOT / "reports"
+
+log = logging.getLogger("run_all")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        for plugin in args.plugin:
+            load_plugin(plugin)
+        return args.handler(args)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        log.error("error: %s", err)
+        return 2
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Gradient Surgery Bench: compare multiloss methods.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--results", type=Path, default=DEFAULT_STORE, help="results store (SQLite file)")
+    common.add_argument("--reports", type=Path, default=DEFAULT_REPORTS, help="folder for reports")
+    common.add_argument("--plugin", action="append", default=[], help="a method/task plugin file")
+    common.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", parents=[common], help="run a suite and write its report (default)")
+    run.add_argument("--suite", type=Path, default=DEFAULT_SUITE, help="suite YAML file")
+    run.add_argument("--executor", choices=EXECUTORS, default="processes")
+    run.add_argument("--workers", type=int, default=default_workers())
+    run.add_argument("--device", help="override every run's device, e.g. cuda")
+    run.add_argument("--rerun", action="store_true", help="run again runs the store already holds")
+    run.add_argument("--no-report", action="store_true")
+    run.set_defaults(handler=cmd_run)
+
+    report = sub.add_parser("report", parents=[common], help="write reports from the results store")
+    report.add_argument("--suite", action="append", help="suite name (default: every suite stored)")
+    report.set_defaults(handler=cmd_report)
+
+    lister = sub.add_parser("list", parents=[common], help="list methods and tasks with their defaults")
+    lister.add_argument("kind", nargs="?", choices=("methods", "tasks", "all"), default="all")
+    lister.add_argument("pattern", nargs="?", default="*", help="shell-style name filter")
+    lister.set_defaults(handler=cmd_list)
+
+    args = parser.parse_args(argv or ["run"])
+    if args.command is None:  # only options given: they belong to the default command
+        args = parser.parse_args(["run", *argv])
+    return args
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    overrides = {"device": args.device} if args.device else None
+    suite = load_suite(args.suite, overrides)
+    store = ResultsStore(args.results)
+    statuses = run_suite(suite, store, args.executor, args.workers, rerun=args.rerun)
+    log.info("suite %s: %s", suite.name, dict(statuses) or "nothing to run, all results stored")
+    if not args.no_report:
+        path = write_report(store, suite.name, args.reports / suite.name)
+        log.info("report: %s", path)
+    return 1 if statuses.get("failed") else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    store = ResultsStore(args.results)
+    for name in args.suite or store.suites():
+        log.info("report: %s", write_report(store, name, args.reports / name))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.kind in ("methods", "all"):
+        print(_table("methods", METHODS, args.pattern, ("level", "citation")))
+    if args.kind in ("tasks", "all"):
+        print(_table("tasks", TASKS, args.pattern, ()))
+    return 0
+
+
+def _table(title: str, registry, pattern: str, columns: tuple[str, ...]) -> str:
+    lines = [f"{title}:"]
+    for name in registry.names(pattern):
+        cls = registry.get(name)
+        extra = "".join(f"  [{getattr(cls, c)}]" for c in columns if getattr(cls, c, ""))
+        defaults = ", ".join(f"{k}={v!r}" for k, v in cls.defaults().items())
+        lines.append(f"  {name:<18} {cls.description}{extra}")
+        lines.append(f"  {'':<18} defaults: {defaults or '-'}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

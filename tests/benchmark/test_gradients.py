@@ -1,0 +1,99 @@
+"""Per-task gradients at both levels against hand-computed values on the linear test task."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from benchmark.gradients import backward_step, choose_strategy
+from benchmark.method import Method, StepContext, WeightingMethod
+from benchmark.task import Batch
+from tests.benchmark.linear_task import HEADS, TRUNK, LinearTask
+
+X = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.0, 4.0]])  # batch of 3; mean (4/3, 5/3)
+X_MEAN = X.mean(0)
+
+
+class Capture(Method):
+    """Records what the engine hands over and returns the plain sum."""
+
+    def combine(self, grads: Tensor, ctx: StepContext | None = None) -> Tensor:
+        self.grads, self.ctx = grads.clone(), ctx
+        return grads.sum(0)
+
+
+class Fixed(WeightingMethod):
+    def __init__(self, num_tasks: int, weights: list[float]) -> None:
+        super().__init__(num_tasks)
+        self.w = torch.tensor(weights)
+
+    def weights(self, losses: Tensor, ctx: StepContext | None = None) -> Tensor:
+        return self.w
+
+
+def step(method: Method, level: str, strategy: str = "loop", num_tasks: int = 2):
+    task = LinearTask(num_tasks)
+    model = task.build_model()
+    losses = backward_step(model, task, Batch(X), method, StepContext(level=level), strategy)
+    return model, losses
+
+
+def expected_param_jacobian(num_tasks: int) -> Tensor:
+    return torch.stack([torch.outer(HEADS[i], X_MEAN).flatten() for i in range(num_tasks)])
+
+
+@pytest.mark.parametrize("strategy", ["loop", "batched"])
+def test_param_level_jacobian_and_update(strategy: str) -> None:
+    method = Capture(3)
+    model, losses = step(method, "param", strategy, num_tasks=3)
+    torch.testing.assert_close(method.grads, expected_param_jacobian(3))
+    torch.testing.assert_close(model.trunk.weight.grad, expected_param_jacobian(3).sum(0).view(2, 2))
+    z_mean = TRUNK @ X_MEAN
+    for head in model.heads:  # each head gets its own loss's gradient only
+        torch.testing.assert_close(head.weight.grad, z_mean.view(1, 2))
+    torch.testing.assert_close(losses, HEADS @ z_mean)
+    assert method.ctx.level == "param"
+    torch.testing.assert_close(method.ctx.losses, losses)
+
+
+@pytest.mark.parametrize("strategy", ["loop", "batched"])
+def test_feature_level_gradients_and_trunk_backward(strategy: str) -> None:
+    method = Capture(2)
+    model, _ = step(method, "feature", strategy)
+    expected = HEADS[:2, None, :].expand(2, 3, 2) / 3  # dL_i/dz: a_i / B on every row
+    torch.testing.assert_close(method.grads, expected)
+    torch.testing.assert_close(method.ctx.activation, X @ TRUNK.T)
+    # the update sum_i a_i / B on each row, back through z = W x: dW = sum_b u_b x_b^T
+    torch.testing.assert_close(model.trunk.weight.grad, expected_param_jacobian(2).sum(0).view(2, 2))
+
+
+@pytest.mark.parametrize("level", ["param", "feature"])
+def test_loss_weighting_takes_one_backward_with_weighted_heads(level: str) -> None:
+    model, _ = step(Fixed(2, [2.0, -0.5]), level)
+    expected = 2.0 * torch.outer(HEADS[0], X_MEAN) - 0.5 * torch.outer(HEADS[1], X_MEAN)
+    torch.testing.assert_close(model.trunk.weight.grad, expected)
+    z_mean = TRUNK @ X_MEAN
+    torch.testing.assert_close(model.heads[0].weight.grad, 2.0 * z_mean.view(1, 2))
+    torch.testing.assert_close(model.heads[1].weight.grad, -0.5 * z_mean.view(1, 2))
+
+
+def test_forward_pass_does_not_depend_on_the_method() -> None:
+    _, with_capture = step(Capture(2), "feature")
+    _, with_weights = step(Fixed(2, [0.0, 0.0]), "param")
+    torch.testing.assert_close(with_capture, with_weights)
+
+
+def test_choose_strategy_prefers_the_loop_unless_batched_is_clearly_faster() -> None:
+    calls: list[str] = []
+    choice, times = choose_strategy(calls.append, repeats=2)
+    assert choice in ("loop", "batched") and set(times) == {"loop", "batched"}
+    assert calls.count("loop") == calls.count("batched") == 3  # warm-up + repeats
+
+
+def test_choose_strategy_falls_back_to_the_loop_when_batching_fails() -> None:
+    def probe(strategy: str) -> None:
+        if strategy == "batched":
+            raise RuntimeError("no batching rule")
+
+    assert choose_strategy(probe)[0] == "loop"
