@@ -6,6 +6,7 @@ Hence dL_i/dW = a_i x_mean^T, dL_i/dz = a_i / B on every row, dL_i/da_i = W x_me
 from __future__ import annotations
 
 from collections.abc import Iterator
+from types import MappingProxyType
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +24,9 @@ class LinearTask(Task):
 
     description = "test-only linear task"
     eval_splits = ("val",)
-    train_defaults = {"steps": 6, "eval_every": 3, "batch_size": 4, "optimizer": "sgd", "lr": 0.01}
+    train_defaults = MappingProxyType(
+        {"steps": 6, "eval_every": 3, "batch_size": 4, "optimizer": "sgd", "lr": 0.01}
+    )
 
     def __init__(self, num_tasks: int = 2, fail: bool = False) -> None:
         if fail:

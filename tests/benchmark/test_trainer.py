@@ -1,0 +1,106 @@
+"""One run end to end on the linear test task: determinism, statuses, timings, optimisers, schedules."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+import tests.benchmark.linear_task  # noqa: F401  (registers the "_linear" task)
+from benchmark.config import parse_suite
+from benchmark.specs import RunSpec, TrainSpec
+from benchmark.trainer import Trainer, make_scheduler, run
+
+
+def spec(method: str = "graddrop", task_params: dict | None = None, seed: int = 0, **train) -> RunSpec:
+    raw = {
+        "seeds": [seed],
+        "train": {"jacobian": "loop", **train},
+        "tasks": [{"name": "_linear", "params": task_params or {}}],
+        "methods": [method],
+    }
+    return parse_suite(raw).runs[0]
+
+
+def values(result) -> list[tuple]:
+    return [(r.step, r.split, r.name, r.value) for r in result.metrics]
+
+
+def test_same_seed_gives_identical_metrics_and_another_seed_does_not() -> None:
+    first, again, other = run(spec()), run(spec()), run(spec(seed=1))
+    assert first.status == "ok", first.error
+    assert values(first) == values(again)
+    assert values(first) != values(other)
+
+
+def test_metrics_are_recorded_at_every_evaluation_with_train_losses() -> None:
+    result = run(spec("ew", steps=6, eval_every=4))
+    steps = sorted({r.step for r in result.metrics if r.split == "val"})
+    assert steps == [0, 4, 6]
+    losses = [r for r in result.metrics if r.split == "train_loss"]
+    assert {(r.step, r.name) for r in losses} == {(4, "t0"), (4, "t1"), (6, "t0"), (6, "t1")}
+    assert {"step_ms_mean", "step_ms_median", "train_s", "eval_s"} <= set(result.timings)
+    assert result.ended >= result.started > 0
+
+
+def test_auto_jacobian_strategy_is_measured_and_recorded() -> None:
+    result = run(spec("pcgrad", jacobian="auto"))
+    assert result.status == "ok", result.error
+    assert {"jacobian_loop_ms", "jacobian_batched_ms", "jacobian_batched"} <= set(result.timings)
+
+
+def test_weighting_methods_skip_the_strategy_probe() -> None:
+    assert "jacobian_loop_ms" not in run(spec("ew", jacobian="auto")).timings
+
+
+def test_exploding_run_is_recorded_as_diverged() -> None:
+    result = run(spec("ew", optimizer="sgd", lr=1e200, steps=30, eval_every=5))
+    assert result.status == "diverged"
+    assert "non-finite" in result.error
+    assert max(r.step for r in result.metrics) < 30
+
+
+def test_an_exception_is_recorded_as_failed_with_its_traceback() -> None:
+    result = run(spec("ew", task_params={"fail": False}, steps=2, eval_every=1))
+    assert result.status == "ok"
+    broken = replace(result.spec, task=replace(result.spec.task, params={"fail": True}))
+    failed = run(broken)
+    assert failed.status == "failed"
+    assert "RuntimeError: this task was asked to fail" in failed.error
+
+
+def test_gradient_clipping_bounds_the_step() -> None:
+    trainer = Trainer(spec("ew", optimizer="sgd", lr=1.0, clip_grad_norm=1e-3))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    batch = next(trainer.task.train_batches(4, torch.Generator().manual_seed(0)))
+    trainer._step(batch, 0, "loop")
+    moved = torch.cat(
+        [(p.detach() - b).flatten() for p, b in zip(trainer.model.parameters(), before, strict=True)]
+    )
+    assert 0 < moved.norm() <= 1e-3 * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_optimizers(optimizer: str) -> None:
+    assert run(spec("ew", optimizer=optimizer, momentum=0.9 if optimizer == "sgd" else 0.0)).status == "ok"
+
+
+def lr_factors(**train) -> list[float]:
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = make_scheduler(opt, TrainSpec(**train))
+    factors = []
+    for _ in range(train["steps"]):
+        factors.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    return factors
+
+
+def test_schedules() -> None:
+    assert lr_factors(steps=3) == [1.0, 1.0, 1.0]
+    cosine = lr_factors(steps=4, schedule="cosine")
+    assert cosine[0] == 1.0 and math.isclose(cosine[2], 0.5)
+    assert lr_factors(steps=5, schedule="step", lr_step_size=2, lr_gamma=0.5) == [1, 1, 0.5, 0.5, 0.25]
+    assert lr_factors(steps=3, warmup_steps=2) == [0.5, 1.0, 1.0]
