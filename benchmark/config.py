@@ -92,12 +92,12 @@ def parse_suite(raw: Any, source: Path | None = None, overrides: Mapping[str, An
     runs = []
     for i, task_raw in enumerate(_list(suite["tasks"], "tasks", fail)):
         key = f"tasks[{i}]"
-        task_entry = _entry(task_raw, key, TASKS, fail)
-        for task_spec in _expand(task_entry, key, fail, relabel=False):
+        _, task_entry = _entry(task_raw, key, TASKS, fail)
+        for task_spec in _expand(task_entry, relabel=False):
             task = _construct(TASKS, task_spec, (), key, fail)
             base_train = {**task.train_defaults, **suite_train, **task_entry.get("train", {})}
             for m_key, method_entry in methods:
-                for method_spec in _expand(method_entry, m_key, fail, relabel=True):
+                for method_spec in _expand(method_entry, relabel=True):
                     _construct(METHODS, method_spec, (task.num_tasks,), m_key, fail)
                     train_raw = {**base_train, **method_entry.get("train", {}), **(overrides or {})}
                     train = _train_spec(train_raw, f"{key}/{m_key}.train", fail)
@@ -197,9 +197,8 @@ def _takes_kwargs(cls: type) -> bool:
     return any(p.kind is p.VAR_KEYWORD for p in params)
 
 
-def _expand(keyed_entry, key: str, fail, relabel: bool) -> list[PluginSpec]:
-    """One spec per combination of the entry's grid. Methods get a label per combination."""
-    _, entry = keyed_entry
+def _expand(entry: Mapping[str, Any], relabel: bool) -> list[PluginSpec]:
+    """One spec per combination of the entry's grid; with ``relabel``, a label per combination."""
     grid = entry.get("grid", {})
     base_label = entry.get("label") or entry["name"]
     specs = []
@@ -216,7 +215,7 @@ def _construct(registry, spec: PluginSpec, args: tuple, key: str, fail: Fail):
     """Build the plugin once so that a bad hyperparameter value fails here, not mid-sweep."""
     try:
         return registry.create(spec.name, *args, **spec.params)
-    except (TypeError, ValueError) as err:
+    except Exception as err:  # any constructor error (bad value, missing data) is a config error here
         fail(key, f"{registry.kind} {spec.name!r} with {spec.params}: {err}")
 
 

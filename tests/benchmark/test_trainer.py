@@ -56,10 +56,10 @@ def test_weighting_methods_skip_the_strategy_probe() -> None:
 
 
 def test_exploding_run_is_recorded_as_diverged() -> None:
-    result = run(spec("ew", optimizer="sgd", lr=1e200, steps=30, eval_every=5))
+    result = run(spec("ew", optimizer="sgd", lr=1e15, steps=60, eval_every=5))
     assert result.status == "diverged"
     assert "non-finite" in result.error
-    assert max(r.step for r in result.metrics) < 30
+    assert max(r.step for r in result.metrics) < 60
 
 
 def test_an_exception_is_recorded_as_failed_with_its_traceback() -> None:
