@@ -1,14 +1,15 @@
 """One training step's backward: per-task gradients at the chosen level, combined, written to ``.grad``.
 
-``param`` level: the method sees the Jacobian of the T losses w.r.t. the shared (trunk) parameters,
-``[T, P]``, and its update is written to their ``.grad``. ``feature`` level: the method sees the
-gradients w.r.t. the shared representation z, ``[T, *z.shape]``; its update is back-propagated through
-the trunk with one backward. Heads always receive the gradient of the summed losses, i.e. each head its
-own task's gradient. Loss-weighting methods (``Method.weights`` not ``None``) take one backward of
-``sum_i w_i L_i`` and no per-task gradients at all.
+- Loss-weighting methods (``Method.needs_grads`` false): one backward of ``sum_i w_i L_i``.
+- ``feature`` level: the method sees the gradients w.r.t. the shared representation z,
+  ``[T, *z.shape]``, all from one backward through the heads; its update goes back through the trunk
+  with one more backward. Cost: about one backward of the summed loss.
+- ``param`` level: the method sees the Jacobian of the T losses w.r.t. the shared (trunk) parameters,
+  ``[T, P]``, from a loop of ``autograd.grad`` calls (``"loop"``) or one call with
+  ``is_grads_batched`` (``"batched"``); :func:`choose_strategy` picks between them by measuring.
+  Cost: about T backwards.
 
-Per-task gradients come from a loop of ``autograd.grad`` calls (``"loop"``) or one call with
-``is_grads_batched`` (``"batched"``); :func:`choose_strategy` picks between them by measuring.
+Heads receive the gradient of the (summed, for gradient methods) losses: each head its own task's.
 """
 
 from __future__ import annotations
@@ -70,34 +71,61 @@ def backward_step(
     """Forward ``batch``, combine the per-task gradients with ``method`` and set every ``.grad``.
 
     ``ctx`` supplies the step, generator and level; its losses and activation are filled in here.
-    Gradients are assigned (not accumulated) for parameters that have none. Returns the detached
-    losses ``[T]``.
+    ``strategy`` (``"loop"`` or ``"batched"``) computes the param-level Jacobian. Gradients are
+    assigned to parameters whose ``.grad`` is ``None``. Returns the detached losses ``[T]``.
     """
     z = model.trunk(batch.inputs)
-    point = z.detach().requires_grad_() if ctx.level == "feature" else z
-    losses = task.losses(model.forward_heads(point), batch)
+    if not method.needs_grads:
+        return _weighted_backward(model, task, batch, method, ctx, z)
+    if ctx.level == "feature":
+        return _feature_backward(model, task, batch, method, ctx, z)
+    return _param_backward(model, task, batch, method, ctx, z, strategy)
+
+
+def _weighted_backward(
+    model: MultiTaskModel, task: Task, batch: Batch, method: Method, ctx: StepContext, z: Tensor
+) -> Tensor:
+    """Loss weighting: one backward of ``sum_i w_i L_i``, the weights taken as constants."""
+    losses = task.losses(model.forward_heads(z), batch)
     ctx.losses = losses.detach()
-
     weights = method.weights(ctx.losses, ctx)
-    if weights is not None:
-        (weights.detach().to(losses.dtype) @ losses).backward()
-        if ctx.level == "feature":
-            z.backward(point.grad)
-        return ctx.losses
+    (weights.detach().to(losses.dtype) @ losses).backward()
+    return ctx.losses
 
+
+def _feature_backward(
+    model: MultiTaskModel, task: Task, batch: Batch, method: Method, ctx: StepContext, z: Tensor
+) -> Tensor:
+    """Every head reads its own copy of z, so one backward of the summed losses yields all T
+    gradients w.r.t. z (loss i depends on head i only); the update then goes through the trunk."""
+    copies = z.detach().expand(task.num_tasks, *z.shape).clone().requires_grad_()
+    losses = task.losses(model.forward_each(copies), batch)
+    ctx.losses, ctx.activation = losses.detach(), z.detach()
+    losses.sum().backward()
+    z.backward(method.combine(copies.grad, ctx))
+    return ctx.losses
+
+
+def _param_backward(
+    model: MultiTaskModel,
+    task: Task,
+    batch: Batch,
+    method: Method,
+    ctx: StepContext,
+    z: Tensor,
+    strategy: str,
+) -> Tensor:
+    """The Jacobian w.r.t. the shared parameters, combined and written to their ``.grad``."""
+    losses = task.losses(model.forward_heads(z), batch)
+    ctx.losses = losses.detach()
+    shared = model.shared_parameters()
     head_params = [p for p in model.heads.parameters() if p.requires_grad]
-    targets = [point] if ctx.level == "feature" else model.shared_parameters()
-    jacobian, head_grads = per_task_grads(losses, targets, head_params, strategy)
+    jacobian, head_grads = per_task_grads(losses, shared, head_params, strategy)
     for param, grad in zip(head_params, head_grads, strict=True):
         param.grad = grad
-
-    if ctx.level == "feature":
-        ctx.activation = z.detach()
-        z.backward(method.combine(jacobian.view(-1, *z.shape), ctx))
-    else:
-        if method.uses_activation:
-            ctx.activation = torch.cat([p.detach().reshape(-1) for p in targets])
-        _assign_flat(targets, method.combine(jacobian, ctx))
+    if method.uses_activation:
+        ctx.activation = torch.cat([p.detach().reshape(-1) for p in shared])
+    _assign_flat(shared, method.combine(jacobian, ctx))
     return ctx.losses
 
 

@@ -54,7 +54,11 @@ class Batch:
 
 
 class MultiTaskModel(nn.Module):
-    """``trunk(inputs) -> z``; ``heads[i](z) -> output_i``. Only the trunk's parameters are shared."""
+    """``trunk(inputs) -> z``; ``heads[i](z) -> output_i``. Only the trunk's parameters are shared.
+
+    Loss i must depend on output i alone: the engine then gets every task's gradient w.r.t. z from
+    one backward, each head reading its own copy of z (:meth:`forward_each`).
+    """
 
     def __init__(self, trunk: nn.Module, heads: Sequence[nn.Module]) -> None:
         super().__init__()
@@ -66,6 +70,10 @@ class MultiTaskModel(nn.Module):
 
     def forward_heads(self, z: Tensor) -> list[Tensor]:
         return [head(z) for head in self.heads]
+
+    def forward_each(self, copies: Tensor) -> list[Tensor]:
+        """Head i applied to ``copies[i]``: ``copies`` is ``[T, *z.shape]``."""
+        return [head(z) for head, z in zip(self.heads, copies, strict=True)]
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.trunk.parameters() if p.requires_grad]
@@ -109,7 +117,8 @@ class Task:
         raise NotImplementedError
 
     def losses(self, outputs: list[Tensor], batch: Batch) -> Tensor:
-        """The T task losses ``[T]`` for the heads' ``outputs`` on ``batch``."""
+        """The T task losses ``[T]`` for the heads' ``outputs`` on ``batch``; loss i reads
+        ``outputs[i]`` only."""
         raise NotImplementedError
 
     def metrics(self) -> list[Metric]:

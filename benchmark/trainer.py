@@ -88,7 +88,8 @@ class Trainer:
         batches = (b.to(self.device) for b in self.task.train_batches(cfg.batch_size, self.data_generator))
         first = next(batches)
         batches = itertools.chain([first], batches)
-        strategy = self._strategy(first, result.timings) if self.method.needs_grads else cfg.jacobian
+        needs_jacobian = self.method.needs_grads and self.level == "param"
+        strategy = self._strategy(first, result.timings) if needs_jacobian else cfg.jacobian
         loss_sum = torch.zeros(self.task.num_tasks, device=self.device)
         train_s = eval_s = 0.0
         interval_ms: list[float] = []
@@ -135,17 +136,14 @@ class Trainer:
         return losses
 
     def _strategy(self, batch: Batch, timings: dict[str, float]) -> str:
-        """The per-task gradient strategy of the config; ``auto`` is measured on this model and batch."""
+        """The param-level Jacobian strategy of the config; ``auto`` is measured on this model and batch."""
         if self.spec.train.jacobian != "auto":
             return self.spec.train.jacobian
         head_params = [p for p in self.model.heads.parameters() if p.requires_grad]
 
         def probe(strategy: str) -> None:
-            z = self.model.trunk(batch.inputs)
-            point = z.detach().requires_grad_() if self.level == "feature" else z
-            targets = [point] if self.level == "feature" else self.model.shared_parameters()
-            losses = self.task.losses(self.model.forward_heads(point), batch)
-            per_task_grads(losses, targets, head_params, strategy)
+            losses = self.task.losses(self.model(batch.inputs), batch)
+            per_task_grads(losses, self.model.shared_parameters(), head_params, strategy)
             self._sync()
 
         choice, times = choose_strategy(probe)
