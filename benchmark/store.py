@@ -1,0 +1,215 @@
+"""The results store: one SQLite file with every run, its metric rows and its timings; pandas out.
+
+Several worker processes may write to the same store: the file is in WAL mode, each write is one
+``BEGIN IMMEDIATE`` transaction, and a writer waits up to ``timeout`` seconds for the lock. (WAL needs
+a local file system; do not put the store on a network share.)
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from benchmark.trainer import RunResult
+
+SCHEMA_VERSION = 1
+FINISHED = ("ok", "diverged")
+RUN_LABELS = ("suite", "task", "task_label", "method_label", "seed", "status")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    config_hash TEXT NOT NULL,
+    suite TEXT NOT NULL,
+    task TEXT NOT NULL,
+    task_label TEXT NOT NULL,
+    method TEXT NOT NULL,
+    method_label TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT,
+    started REAL,
+    ended REAL,
+    spec TEXT NOT NULL,
+    versions TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id INTEGER NOT NULL, step INTEGER NOT NULL, split TEXT NOT NULL, name TEXT NOT NULL, value REAL
+);
+CREATE TABLE IF NOT EXISTS timings (run_id INTEGER NOT NULL, name TEXT NOT NULL, value REAL);
+CREATE UNIQUE INDEX IF NOT EXISTS runs_config_hash ON runs (config_hash);
+CREATE INDEX IF NOT EXISTS runs_suite ON runs (suite);
+CREATE INDEX IF NOT EXISTS metrics_run_id ON metrics (run_id);
+CREATE INDEX IF NOT EXISTS timings_run_id ON timings (run_id);
+"""
+
+
+class StoreError(RuntimeError):
+    """The path is not a results store (another file, another SQLite database, a newer schema)."""
+
+
+@cache
+def environment() -> dict[str, str | None]:
+    """Versions of Python and the numeric libraries, and the platform, recorded with each run."""
+
+    def version(package: str) -> str | None:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "python": platform.python_version(),
+        **{name: version(name) for name in ("torch", "numpy", "pandas")},
+        "platform": platform.platform(),
+    }
+
+
+def run_record(result: RunResult) -> dict[str, Any]:
+    """The ``runs`` row of a result (all columns but ``run_id``)."""
+    spec = result.spec
+    return {
+        "config_hash": spec.config_hash(),
+        "suite": spec.suite,
+        "task": spec.task.name,
+        "task_label": spec.task.label,
+        "method": spec.method.name,
+        "method_label": spec.method.label,
+        "seed": spec.seed,
+        "status": result.status,
+        "error": result.error,
+        "started": result.started,
+        "ended": result.ended,
+        "spec": json.dumps(spec.to_dict(), default=str),
+        "versions": json.dumps(environment()),
+    }
+
+
+class ResultsStore:
+    """Runs, metrics and timings of every suite in one SQLite file (created with its parent directory)."""
+
+    def __init__(self, path: str | Path, timeout: float = 60.0) -> None:
+        self.path = Path(path)
+        self.timeout = timeout
+        if self.path.is_dir():
+            raise StoreError(f"{self.path}: is a directory, not a results store")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._initialise()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: not a results store ({exc})") from exc
+
+    def __repr__(self) -> str:
+        return f"ResultsStore({str(self.path)!r})"
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        with closing(sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)) as conn:
+            yield conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the lock up front, so that concurrent writers queue."""
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _initialise(self) -> None:
+        """Check the file and create the schema; an up-to-date store is only read."""
+        with self._connect() as conn:
+            if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+                return
+        with self._transaction() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if version == 0 and tables:
+                raise StoreError(f"{self.path}: an SQLite database, but not a results store")
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.path}: schema version {version} is newer than {SCHEMA_VERSION}")
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        with self._connect() as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+
+    def save(self, result: RunResult) -> int:
+        """Write a run and all its rows in one transaction, replacing a record with the same config hash.
+
+        Returns the new ``run_id``.
+        """
+        record = run_record(result)
+        columns, names = ", ".join(record), ", ".join(f":{c}" for c in record)
+        with self._transaction() as conn:
+            self._delete(conn, record["config_hash"])
+            cursor = conn.execute(f"INSERT INTO runs ({columns}) VALUES ({names})", record)
+            run_id = int(cursor.lastrowid)
+            conn.executemany(
+                "INSERT INTO metrics (run_id, step, split, name, value) VALUES (?, ?, ?, ?, ?)",
+                [(run_id, int(m.step), m.split, m.name, float(m.value)) for m in result.metrics],
+            )
+            conn.executemany(
+                "INSERT INTO timings (run_id, name, value) VALUES (?, ?, ?)",
+                [(run_id, name, float(value)) for name, value in result.timings.items()],
+            )
+        return run_id
+
+    @staticmethod
+    def _delete(conn: sqlite3.Connection, config_hash: str) -> None:
+        old = [r[0] for r in conn.execute("SELECT run_id FROM runs WHERE config_hash = ?", (config_hash,))]
+        for table in ("metrics", "timings", "runs"):
+            conn.executemany(f"DELETE FROM {table} WHERE run_id = ?", [(run_id,) for run_id in old])
+
+    def finished_hashes(self) -> set[str]:
+        """Config hashes of runs that need no re-run: ``ok`` and ``diverged`` (``failed`` is retried)."""
+        marks = ", ".join("?" * len(FINISHED))
+        query = f"SELECT config_hash FROM runs WHERE status IN ({marks})"
+        with self._connect() as conn:
+            return {r[0] for r in conn.execute(query, FINISHED)}
+
+    def suites(self) -> list[str]:
+        with self._connect() as conn:
+            return [r[0] for r in conn.execute("SELECT DISTINCT suite FROM runs ORDER BY suite")]
+
+    def runs(self, suite: str | None = None) -> pd.DataFrame:
+        """One row per run, in run order; ``spec`` and ``versions`` are decoded to dicts."""
+        frame = self._query("SELECT * FROM runs", suite, "runs.run_id")
+        for column in ("spec", "versions"):
+            frame[column] = [json.loads(text) for text in frame[column]]
+        return frame
+
+    def metrics(self, suite: str | None = None) -> pd.DataFrame:
+        """Every metric row (``run_id, step, split, name, value``) with its run's labels and status."""
+        return self._rows("metrics", suite)
+
+    def timings(self, suite: str | None = None) -> pd.DataFrame:
+        """Every timing (``run_id, name, value``) with its run's labels and status."""
+        return self._rows("timings", suite)
+
+    def _rows(self, table: str, suite: str | None) -> pd.DataFrame:
+        labels = ", ".join(f"runs.{c}" for c in RUN_LABELS)
+        query = f"SELECT {table}.*, {labels} FROM {table} JOIN runs USING (run_id)"
+        return self._query(query, suite, f"{table}.run_id, {table}.rowid")
+
+    def _query(self, query: str, suite: str | None, order: str) -> pd.DataFrame:
+        params: tuple[Any, ...] = ()
+        if suite is not None:
+            query += " WHERE runs.suite = ?"
+            params = (suite,)
+        with self._connect() as conn:
+            return pd.read_sql_query(f"{query} ORDER BY {order}", conn, params=params)

@@ -1,0 +1,213 @@
+"""Evaluation on hand-made frames: model selection on val, directions, aggregation over seeds, ranks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmark.evaluate import (
+    TaskInfo,
+    aggregate,
+    evaluate,
+    evaluated_values,
+    front_counts,
+    ranks,
+    status_counts,
+    trajectories,
+)
+from benchmark.registry import TASKS
+from benchmark.task import Metric, Task
+
+ACC_LOSS = TaskInfo((Metric("acc", True), Metric("loss", False)), ("val", "test"), "acc")
+
+
+@TASKS.register("_fake_evaluate_task")
+class FakeTask(Task):
+    eval_splits = ("val", "test")
+    selection_metric = "loss"
+
+    def __init__(self, task_names: tuple[str, ...] = ("a", "b"), width: int = 1) -> None:
+        super().__init__(task_names)
+
+    def metrics(self) -> list[Metric]:
+        return [Metric("loss", False), Metric("acc", True)]
+
+
+def metric_rows(
+    run_id: int,
+    values: dict[str, dict[str, list[float]]],
+    steps: list[int] | None = None,
+    method: str = "m",
+    seed: int = 0,
+    status: str = "ok",
+) -> pd.DataFrame:
+    """Rows of one run: ``values[split][name]`` is the value at each of ``steps`` (default 0, 10, ...)."""
+    rows = []
+    for split, named in values.items():
+        for name, series in named.items():
+            for step, value in zip(steps or range(0, 10 * len(series), 10), series, strict=True):
+                rows.append((run_id, step, split, name, value, "task", method, seed, status))
+    columns = ["run_id", "step", "split", "name", "value", "task_label", "method_label", "seed", "status"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def value_of(values: pd.DataFrame, run_id: int, name: str) -> float:
+    return float(values.query("run_id == @run_id and name == @name")["value"].item())
+
+
+def test_selection_picks_the_best_val_step_and_reads_test_there() -> None:
+    rows = metric_rows(
+        1,
+        {
+            "val": {"acc": [0.5, 0.9, 0.7], "loss": [3.0, 2.0, 1.0]},
+            "test": {"acc": [0.1, 0.2, 0.3], "loss": [30.0, 20.0, 10.0]},
+        },
+    )
+    values = evaluated_values(rows, {1: ACC_LOSS})
+    assert set(values["step"]) == {10}
+    assert set(values["split"]) == {"test"}
+    assert value_of(values, 1, "acc") == 0.2
+    assert value_of(values, 1, "loss") == 20.0
+    assert list(values["higher_is_better"]) == [True, False]
+
+
+def test_a_lower_is_better_selection_metric_is_minimised() -> None:
+    rows = metric_rows(1, {"val": {"loss": [3.0, 1.0, 2.0]}, "test": {"loss": [30.0, 10.0, 20.0]}})
+    info = TaskInfo((Metric("loss", False),), ("val", "test"), "loss")
+    assert value_of(evaluated_values(rows, {1: info}), 1, "loss") == 10.0
+
+
+def test_without_a_selection_metric_the_higher_is_better_metrics_are_averaged() -> None:
+    rows = metric_rows(
+        1,
+        {
+            "val": {"acc": [0.9, 0.6, 0.5], "f1": [0.1, 0.6, 0.6], "loss": [0.0, 9.0, 9.0]},
+            "test": {"acc": [1.0, 2.0, 3.0], "f1": [1.0, 2.0, 3.0], "loss": [1.0, 2.0, 3.0]},
+        },
+    )
+    info = TaskInfo((Metric("acc", True), Metric("f1", True), Metric("loss", False)), ("val", "test"))
+    assert value_of(evaluated_values(rows, {1: info}), 1, "acc") == 2.0
+
+
+def test_ties_pick_the_earliest_step() -> None:
+    rows = metric_rows(1, {"val": {"acc": [0.1, 0.8, 0.8]}, "test": {"acc": [1.0, 2.0, 3.0]}})
+    assert value_of(evaluated_values(rows, {1: ACC_LOSS}), 1, "acc") == 2.0
+
+
+def test_without_a_val_split_the_last_step_of_the_first_split_is_read() -> None:
+    rows = metric_rows(1, {"train": {"loss": [3.0, 1.0, 2.0]}, "other": {"loss": [0.0, 0.0, 0.0, 0.0]}})
+    info = TaskInfo((Metric("loss", False),), ("train", "other"))
+    values = evaluated_values(rows, {1: info})
+    assert (values["split"].item(), values["step"].item(), values["value"].item()) == ("train", 20, 2.0)
+
+
+def test_undeclared_values_have_no_direction_and_come_after_the_metrics() -> None:
+    rows = metric_rows(1, {"val": {"x1": [0.0], "acc": [0.5]}, "test": {"x1": [1.0], "acc": [0.4]}})
+    values = evaluated_values(rows, {1: ACC_LOSS})
+    assert list(values["name"]) == ["acc", "x1"]
+    assert values["higher_is_better"].isna().tolist() == [False, True]
+
+
+def seeds_frame() -> pd.DataFrame:
+    """Method m: three ok seeds and one failed run; method n: one ok seed."""
+    runs = [
+        metric_rows(1, {"val": {"acc": [0.5]}, "test": {"acc": [0.2]}}, seed=0),
+        metric_rows(2, {"val": {"acc": [0.5]}, "test": {"acc": [0.4]}}, seed=1),
+        metric_rows(3, {"val": {"acc": [0.5]}, "test": {"acc": [0.9]}}, seed=2),
+        metric_rows(4, {"val": {"acc": [0.5]}, "test": {"acc": [99.0]}}, seed=3, status="failed"),
+        metric_rows(5, {"val": {"acc": [0.5]}, "test": {"acc": [0.7]}}, method="n"),
+    ]
+    return pd.concat(runs, ignore_index=True)
+
+
+def test_mean_and_std_over_seeds_leave_out_runs_that_are_not_ok() -> None:
+    values = evaluated_values(seeds_frame(), dict.fromkeys(range(1, 6), ACC_LOSS))
+    summary = aggregate(values).set_index("method_label")
+    assert summary.loc["m", "mean"] == pytest.approx(0.5)
+    assert summary.loc["m", "std"] == pytest.approx(math.sqrt((0.3**2 + 0.1**2 + 0.4**2) / 2))
+    assert summary.loc["m", "count"] == 3
+    assert math.isnan(summary.loc["n", "std"])
+    assert summary.loc["n", "count"] == 1
+
+
+def test_status_counts_count_every_run() -> None:
+    runs = seeds_frame().drop_duplicates("run_id")
+    counts = status_counts(runs)
+    assert counts.loc[("task", "m")].to_dict() == {"ok": 3, "diverged": 0, "failed": 1}
+    assert counts.loc[("task", "n")].to_dict() == {"ok": 1, "diverged": 0, "failed": 0}
+
+
+def test_ranks_respect_directions() -> None:
+    summary = pd.DataFrame(
+        {
+            "task_label": "task",
+            "method_label": ["a", "b", "c"] * 2 + ["a"],
+            "name": ["acc"] * 3 + ["loss"] * 3 + ["x1"],
+            "mean": [0.9, 0.8, 0.7, 2.0, 1.0, 3.0, -5.0],
+            "higher_is_better": pd.array([True] * 3 + [False] * 3 + [None], dtype="boolean"),
+        }
+    )
+    result = ranks(summary).set_index("method_label")["rank"].to_dict()
+    assert result == {"a": 1.5, "b": 1.5, "c": 3.0}
+
+
+def test_front_counts_and_trajectories() -> None:
+    rows = pd.concat(
+        [
+            metric_rows(1, {"train": {"x1": [0.0, 1.0, 2.0], "x2": [5.0, 4.0, 3.0], "on_front": [0, 0, 1]}}),
+            metric_rows(2, {"train": {"x1": [9.0, 8.0], "x2": [9.0, 8.0], "on_front": [0, 0]}}, seed=1),
+        ],
+        ignore_index=True,
+    ).sample(frac=1.0, random_state=0)
+    info = TaskInfo((Metric("on_front", True),), ("train",))
+    fronts = front_counts(evaluated_values(rows, {1: info, 2: info}))
+    assert fronts[["on_front", "runs"]].values.tolist() == [[1, 2]]
+    paths = trajectories(rows, ("x1", "x2"), "train")["m"]
+    by_start = sorted(paths, key=lambda p: p[0, 0])
+    np.testing.assert_array_equal(by_start[0], [[0.0, 5.0], [1.0, 4.0], [2.0, 3.0]])
+    np.testing.assert_array_equal(by_start[1], [[9.0, 9.0], [8.0, 8.0]])
+
+
+def runs_frame(task: str, run_ids: list[int]) -> pd.DataFrame:
+    spec = {"task": {"name": task, "params": {"width": 2}}}
+    return pd.DataFrame(
+        {
+            "run_id": run_ids,
+            "task": task,
+            "task_label": "task",
+            "method_label": "m",
+            "seed": range(len(run_ids)),
+            "status": "ok",
+            "spec": [spec] * len(run_ids),
+        }
+    )
+
+
+def test_evaluate_reads_directions_and_selection_from_the_registered_task() -> None:
+    metrics = metric_rows(
+        1,
+        {
+            "val": {"acc": [0.9, 0.1], "loss": [5.0, 1.0]},
+            "test": {"acc": [0.3, 0.4], "loss": [7.0, 8.0]},
+        },
+    )
+    ev = evaluate(runs_frame("_fake_evaluate_task", [1]), metrics)
+    assert ev.infos[1].selection_metric == "loss"
+    assert ev.summary.set_index("name")["mean"].to_dict() == {"loss": 8.0, "acc": 0.4}
+    assert ev.summary.set_index("name")["higher_is_better"].to_dict() == {"loss": False, "acc": True}
+
+
+def test_an_unknown_task_is_evaluated_without_directions(caplog: pytest.LogCaptureFixture) -> None:
+    metrics = metric_rows(1, {"val": {"acc": [0.9, 0.1]}, "test": {"acc": [0.3, 0.4]}})
+    ev = evaluate(runs_frame("_no_such_task", [1]), metrics)
+    assert "_no_such_task" in caplog.text
+    assert ev.summary["higher_is_better"].isna().all()
+    assert ev.ranks.empty
+
+
+def test_empty_frames_give_empty_results() -> None:
+    ev = evaluate(runs_frame("_fake_evaluate_task", [])[:0], metric_rows(1, {})[:0], infos={})
+    assert ev.values.empty and ev.summary.empty and ev.ranks.empty and ev.counts.empty
