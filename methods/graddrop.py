@@ -1,0 +1,162 @@
+"""GradDrop: Gradient Sign Dropout (Chen et al. 2020)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from benchmark.method import Method, StepContext
+from benchmark.registry import METHODS
+
+PURITY_FNS = ("linear", "sigmoid")
+INPUTS = ("sign", "value", "none")
+
+
+def sign_purity(signal: Tensor, eps: float = 1e-7) -> Tensor:
+    """Gradient positive sign purity ``P = ½(1 + Σᵢ Gᵢ / (Σᵢ |Gᵢ| + ε))`` (paper eq. 1), over dim 0."""
+    return 0.5 * (1.0 + signal.sum(0) / (signal.abs().sum(0) + eps))
+
+
+def keep_probability(purity: Tensor, purity_fn: str = "linear", k: float = 1.0) -> Tensor:
+    """``f(P)``: ``linear`` ½ + k(P − ½) or ``sigmoid`` σ(4k(P − ½)); k = 0 gives ½ (Random GradDrop)."""
+    centred = k * (purity - 0.5)
+    return torch.sigmoid(4.0 * centred) if purity_fn == "sigmoid" else 0.5 + centred
+
+
+def activation_sign(activation: Tensor, eps: float = 1e-7) -> Tensor:
+    """sign(A) with lingvo's guard ``A / |A + 1[|A| ≤ ε]|``: ±1, and ≈ A (exactly 0 at 0) where |A| ≤ ε."""
+    return activation / (activation + (activation.abs() <= eps).to(activation.dtype)).abs()
+
+
+@METHODS.register("graddrop")
+class GradDrop(Method):
+    """GradDrop, Chen et al. 2020, "Just Pick a Sign: Optimizing Deep Multitask Models with Gradient
+    Sign Dropout" (https://arxiv.org/abs/2010.06808): Algorithm 1 with the options of the reference
+    implementation ``tensorflow/lingvo`` ``lingvo/core/graddrop.py``.
+
+    Per scalar of the gradient ``∇Lᵢ`` (vectorised over the T losses):
+
+    1. ``Gᵢ = ∇Lᵢ · s(A)`` where A is ``ctx.activation`` and s is ``activation_sign`` (``input="sign"``),
+       A itself (``"value"``) or 1 (``"none"``). Without ``ctx.activation`` the product is skipped.
+    2. ``marginalize_batch``: ``Gᵢ ← Σ_batch Gᵢ`` (dim 1 of ``grads``) and one mask is tiled over the batch.
+    3. ``P = sign_purity(G)``; keep probability ``f(P) = keep_probability(P, purity_fn, k)``.
+    4. One ``U ~ U[0, 1)`` per scalar, shared by all losses (``torch.rand`` with ``ctx.generator``); the
+       positive entries are kept where ``f(P) > U``, the negative ones elsewhere, entries with ``Gᵢ = 0``
+       always (lingvo's choice). f outside [0, 1] thus acts as a hard 0/1.
+    5. Update ``Σᵢ (ℓᵢ + (1 − ℓᵢ) Mᵢ) ∘ ∇Lᵢ`` on the raw gradients; ``keep_gradnorm_constant`` rescales it
+       to ``‖Σᵢ ∇Lᵢ‖ / ‖update‖`` (left as is when the update is zero).
+
+    Args:
+        leak: ℓ, one float for all losses or one per loss, in [0, 1]; 1 passes a loss through unchanged.
+        purity_fn: ``"linear"`` or ``"sigmoid"``.
+        k: slope of f, ≥ 0; 1 with ``linear`` is the paper's default f(P) = P, 0 is Random GradDrop.
+        input: ``"sign"``, ``"value"`` or ``"none"``, what multiplies the gradient in step 1.
+        marginalize_batch: sum the signal over the batch (batch-separated losses, e.g. transfer).
+            Parameter-level gradients have no batch dim: ``combine`` raises unless ``ctx.level`` is
+            ``"feature"``.
+        keep_gradnorm_constant: rescale the update to the norm of ``Σᵢ ∇Lᵢ``.
+        eps: ε of the purity and of the sign guard.
+
+    Departures from lingvo: ``keep_gradnorm_constant`` and ``marginalize_batch`` default to False
+    (lingvo: True); the rescaling is ‖orig‖/‖new‖ (lingvo inverted it before Feb 2021); ε sits in
+    ``Σ|G| + ε`` (lingvo: ``2Σ|G| + ε``); the tie f(P) = U keeps the negative sign (lingvo keeps the
+    positive one), so that exactly one sign survives even when ``torch.rand`` returns 0.
+    """
+
+    description = "Gradient sign dropout: per scalar, keep one gradient sign chosen by its purity"
+    citation = "Chen et al. 2020, NeurIPS"
+    level = "feature"
+
+    def __init__(
+        self,
+        num_tasks: int,
+        leak: float | list[float] = 0.0,
+        purity_fn: str = "linear",
+        k: float = 1.0,
+        input: str = "sign",
+        marginalize_batch: bool = False,
+        keep_gradnorm_constant: bool = False,
+        eps: float = 1e-7,
+    ) -> None:
+        super().__init__(num_tasks)
+        _check_choice("purity_fn", purity_fn, PURITY_FNS)
+        _check_choice("input", input, INPUTS)
+        _check_number("k", k, strictly_positive=False)
+        _check_number("eps", eps, strictly_positive=True)
+        self.purity_fn = purity_fn
+        self.k = k
+        self.input = input
+        self.marginalize_batch = marginalize_batch
+        self.keep_gradnorm_constant = keep_gradnorm_constant
+        self.eps = eps
+        self.register_buffer("leak", _leak_tensor(leak, num_tasks), persistent=False)
+
+    def combine(self, grads: Tensor, ctx: StepContext | None = None) -> Tensor:
+        self.check_grads(grads)
+        ctx = ctx or StepContext()
+        masks = self.masks(self.signal(grads, ctx), ctx.generator)
+        leak = self.leak.to(device=grads.device, dtype=grads.dtype).view(-1, *[1] * (grads.dim() - 1))
+        update = ((leak + (1.0 - leak) * masks) * grads).sum(0)
+        return _match_norm(update, grads.sum(0)) if self.keep_gradnorm_constant else update
+
+    def signal(self, grads: Tensor, ctx: StepContext) -> Tensor:
+        """Steps 1-2: the gradients times s(A), summed over the batch (kept as a dim of 1) if marginalised."""
+        signal = grads
+        if self.input != "none" and ctx.activation is not None:
+            activation = ctx.activation.detach().to(grads.dtype)
+            if activation.shape != grads.shape[1:]:
+                raise ValueError(
+                    f"graddrop: ctx.activation has shape {tuple(activation.shape)}, expected "
+                    f"{tuple(grads.shape[1:])} (one task's gradient)"
+                )
+            factor = activation_sign(activation, self.eps) if self.input == "sign" else activation
+            signal = grads * factor
+        if self.marginalize_batch:
+            if ctx.level != "feature":
+                raise ValueError(
+                    f"graddrop: marginalize_batch=True needs feature-level gradients [T, B, ...] and "
+                    f"ctx.level='feature', got level {ctx.level!r}"
+                )
+            signal = signal.sum(1, keepdim=True)
+        return signal
+
+    def masks(self, signal: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Steps 3-4: the 0/1 masks Mᵢ, same shape as ``signal``."""
+        keep = keep_probability(sign_purity(signal, self.eps), self.purity_fn, self.k)
+        draw = torch.rand(keep.shape, generator=generator, device=keep.device, dtype=keep.dtype)
+        positive_kept = keep > draw
+        kept = (signal == 0) | ((signal > 0) == positive_kept)
+        return kept.to(signal.dtype)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"graddrop: {name} must be one of {choices}, got {value!r}")
+
+
+def _check_number(name: str, value: float, strictly_positive: bool) -> None:
+    valid = isinstance(value, int | float) and math.isfinite(value) and value >= 0
+    if not valid or (strictly_positive and value == 0):
+        bound = "> 0" if strictly_positive else ">= 0"
+        raise ValueError(f"graddrop: {name} must be a finite number {bound}, got {value!r}")
+
+
+def _leak_tensor(leak: float | list[float], num_tasks: int) -> Tensor:
+    """ℓ as a ``[T]`` float64 tensor; ``ValueError`` unless a float or T floats, all in [0, 1]."""
+    values = [leak] * num_tasks if isinstance(leak, int | float) else leak
+    try:
+        valid = len(values) == num_tasks and all(isinstance(v, int | float) and 0 <= v <= 1 for v in values)
+    except TypeError:
+        valid = False
+    if not valid:
+        raise ValueError(f"graddrop: leak must be a float or {num_tasks} floats in [0, 1], got {leak!r}")
+    return torch.tensor([float(v) for v in values], dtype=torch.float64)
+
+
+def _match_norm(update: Tensor, reference: Tensor) -> Tensor:
+    """``update`` rescaled to the norm of ``reference``; a zero update stays zero."""
+    norm = torch.linalg.vector_norm(update)
+    scale = torch.where(norm > 0, torch.linalg.vector_norm(reference) / norm, torch.ones_like(norm))
+    return update * scale

@@ -1,0 +1,102 @@
+"""Properties every registered method must have, with its default hyperparameters.
+
+Parametrised over ``METHODS.names()``: a new plugin in ``methods/`` is checked here with no edits.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from torch import Tensor
+
+from benchmark.method import LEVELS, Method, StepContext, get_method
+from benchmark.registry import METHODS
+
+NAMES = METHODS.names()
+SCALES = [0.0, 1e-10, 1.0, 1e5, 1e15]
+DTYPES = [torch.float32, torch.float64]
+T = 4
+
+
+def sample_grads(*shape: int, dtype: torch.dtype = torch.float64, seed: int = 0) -> Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def make_ctx(num_tasks: int, dtype: torch.dtype, seed: int = 0, **fields: object) -> StepContext:
+    """A full context: positive losses and a seeded generator."""
+    generator = torch.Generator().manual_seed(seed)
+    losses = torch.rand(num_tasks, generator=generator, dtype=dtype) + 0.5
+    return StepContext(losses=losses, generator=generator, **fields)
+
+
+def build(name: str, num_tasks: int = T) -> Method:
+    return get_method(name, num_tasks=num_tasks)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declares_metadata(name: str) -> None:
+    cls = METHODS.get(name)
+    assert cls.description and "\n" not in cls.description
+    assert cls.citation and cls.__doc__
+    assert cls.level in LEVELS
+    required = [n for n, default in cls.defaults().items() if default is inspect.Parameter.empty]
+    assert not required, f"hyperparameters without a default: {required}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", SCALES)
+def test_finite_shape_dtype_under_scaling(name: str, dtype: torch.dtype, scale: float) -> None:
+    grads = sample_grads(T, 7, dtype=dtype) * scale
+    update = build(name).combine(grads, make_ctx(T, dtype))
+    assert update.shape == grads.shape[1:]
+    assert update.dtype == dtype
+    assert torch.isfinite(update).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_context_is_optional(name: str) -> None:
+    grads = sample_grads(T, 7)
+    assert build(name).combine(grads).shape == (7,)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zero_gradients_give_zero_update(name: str, dtype: torch.dtype) -> None:
+    grads = torch.zeros(T, 7, dtype=dtype)
+    assert torch.equal(build(name).combine(grads, make_ctx(T, dtype)), torch.zeros(7, dtype=dtype))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_single_task_does_not_ascend(name: str) -> None:
+    grads = sample_grads(1, 7)
+    update = build(name, num_tasks=1).combine(grads, make_ctx(1, torch.float64))
+    assert update.shape == (7,) and torch.isfinite(update).all()
+    assert torch.dot(update, grads[0]) >= 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_feature_level_shapes(name: str) -> None:
+    grads = sample_grads(T, 5, 3)
+    activation = sample_grads(5, 3, seed=1)
+    ctx = make_ctx(T, torch.float64, level="feature", activation=activation)
+    update = build(name).combine(grads, ctx)
+    assert update.shape == (5, 3) and update.dtype == grads.dtype
+    assert torch.isfinite(update).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_seeded_generator_reproduces_the_update(name: str) -> None:
+    grads = sample_grads(T, 7)
+    method = build(name)
+    first = method.combine(grads, make_ctx(T, torch.float64, seed=3))
+    second = method.combine(grads, make_ctx(T, torch.float64, seed=3))
+    assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_rejects_gradients_of_the_wrong_task_count(name: str) -> None:
+    with pytest.raises(ValueError, match=r"\[4, \.\.\.\]"):
+        build(name).combine(sample_grads(T + 1, 7))
