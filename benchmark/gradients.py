@@ -102,7 +102,9 @@ def _feature_backward(
     losses = task.losses(model.forward_each(copies), batch)
     ctx.losses, ctx.activation = losses.detach(), z.detach()
     losses.sum().backward()
-    z.backward(method.combine(copies.grad, ctx))
+    with torch.no_grad():
+        update = method.combine(copies.grad, ctx)
+    z.backward(update)
     return ctx.losses
 
 
@@ -125,7 +127,8 @@ def _param_backward(
         param.grad = grad
     if method.uses_activation:
         ctx.activation = torch.cat([p.detach().reshape(-1) for p in shared])
-    _assign_flat(shared, method.combine(jacobian, ctx))
+    with torch.no_grad():
+        _assign_flat(shared, method.combine(jacobian, ctx))
     return ctx.losses
 
 

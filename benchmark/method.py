@@ -5,8 +5,9 @@ with respect to the shared parameters (``[T, P]``); at the ``feature`` level the
 with respect to the shared representation z (``[T, B, ...]``). It returns the update, shape ``[*shape]``.
 
 Loss-weighting methods also implement :meth:`Method.weights`; the engine then skips per-task gradients
-and runs one backward of ``sum_i w_i L_i``. Methods with learnable state are ``nn.Module`` s: they set
-their own parameters' ``.grad`` inside ``weights``/``combine`` and the trainer steps their optimizer.
+and runs one backward of ``sum_i w_i L_i``. The engine calls ``combine`` under ``torch.no_grad()``.
+Methods with learnable state are ``nn.Module`` s: they set their own parameters' ``.grad`` inside
+``weights``/``combine`` (with ``torch.enable_grad()`` where needed) and the trainer steps their optimizer.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class StepContext:
     Attributes:
         losses: the T task losses of this step, detached, ``[T]``.
         step: the optimisation step, from 0.
-        generator: seeded RNG of the run (``None``: torch's global RNG).
+        generator: seeded RNG of the run, on the gradients' device (``None``: torch's global RNG).
         level: ``"param"`` or ``"feature"``.
         activation: the point the gradients are taken at: the shared representation z (feature level)
             or the flattened shared parameters (param level, only for methods that set
