@@ -67,10 +67,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     lister.add_argument("pattern", nargs="?", default="*", help="shell-style name filter")
     lister.set_defaults(handler=cmd_list)
 
-    args = parser.parse_args(argv or ["run"])
-    if args.command is None:  # only options given: they belong to the default command
-        args = parser.parse_args(["run", *argv])
-    return args
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["run", *argv]  # no command: options belong to the default one
+    return parser.parse_args(argv)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
