@@ -55,21 +55,29 @@ VARIANTS = MappingProxyType(
 )
 
 
-def toy_losses(x: Tensor, scale1: float = 1.0) -> Tensor:
-    """Points ``[..., 2]`` -> losses ``[..., 2]`` (L₁ multiplied by ``scale1``).
+def toy_loss(x: Tensor, index: int, scale1: float = 1.0) -> Tensor:
+    """Points ``[..., 2]`` -> loss Lᵢ ``[...]`` for ``index`` i ∈ {0, 1} (L₁ multiplied by ``scale1``).
 
     g₁ = log(max(|0.5(−x₁−7) − tanh(−x₂)|, 5e-6)) + 6,  g₂ = log(max(|0.5(−x₁+3) + tanh(−x₂) + 2|, 5e-6)) + 6,
     h₁ = ((−x₁+7)² + 0.1(−x₂−8)²)/10 − 20,  h₂ = ((−x₁−7)² + 0.1(−x₂−8)²)/10 − 20,
     c₁ = max(tanh(x₂/2), 0),  c₂ = max(tanh(−x₂/2), 0);  L₁ = c₁g₁ + c₂h₁,  L₂ = c₁g₂ + c₂h₂.
     """
     x1, x2 = x[..., 0], x[..., 1]
-    g1 = torch.log(torch.clamp(torch.abs(0.5 * (-x1 - 7) - torch.tanh(-x2)), min=LOWER)) + 6
-    g2 = torch.log(torch.clamp(torch.abs(0.5 * (-x1 + 3) + torch.tanh(-x2) + 2), min=LOWER)) + 6
-    h1 = ((-x1 + 7) ** 2 + 0.1 * (-x2 - 8) ** 2) / 10 - 20
-    h2 = ((-x1 - 7) ** 2 + 0.1 * (-x2 - 8) ** 2) / 10 - 20
+    if index == 0:
+        g = torch.log(torch.clamp(torch.abs(0.5 * (-x1 - 7) - torch.tanh(-x2)), min=LOWER)) + 6
+        h = ((-x1 + 7) ** 2 + 0.1 * (-x2 - 8) ** 2) / 10 - 20
+    else:
+        g = torch.log(torch.clamp(torch.abs(0.5 * (-x1 + 3) + torch.tanh(-x2) + 2), min=LOWER)) + 6
+        h = ((-x1 - 7) ** 2 + 0.1 * (-x2 - 8) ** 2) / 10 - 20
     c1 = torch.clamp(torch.tanh(x2 / 2), min=0)
     c2 = torch.clamp(torch.tanh(-x2 / 2), min=0)
-    return torch.stack([scale1 * (c1 * g1 + c2 * h1), c1 * g2 + c2 * h2], dim=-1)
+    loss = c1 * g + c2 * h
+    return scale1 * loss if index == 0 else loss
+
+
+def toy_losses(x: Tensor, scale1: float = 1.0) -> Tensor:
+    """Points ``[..., 2]`` -> losses ``[..., 2]`` (L₁ multiplied by ``scale1``), see :func:`toy_loss`."""
+    return torch.stack([toy_loss(x, 0, scale1), toy_loss(x, 1)], dim=-1)
 
 
 class ToyPoint(nn.Module):
@@ -92,7 +100,7 @@ class ToyObjective(nn.Module):
         self.scale1 = scale1
 
     def forward(self, z: Tensor) -> Tensor:
-        return toy_losses(z, self.scale1)[0, self.index]
+        return toy_loss(z[0], self.index, self.scale1)
 
 
 # ---------------------------------------------------------------------------------------------------
