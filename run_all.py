@@ -1,9 +1,9 @@
 """Gradient Surgery Bench command line.
 
-    python run_all.py                               # run configs/quick.yaml, then write its report
-    python run_all.py run --suite configs/toy2d.yaml [--executor processes] [--device cuda]
-    python run_all.py report [--suite quick]        # reports from what the store holds
-    python run_all.py list [methods|tasks] [PATTERN]
+python run_all.py                               # run configs/quick.yaml, then write its report
+python run_all.py run --suite configs/toy2d.yaml [--executor processes] [--device cuda]
+python run_all.py report [--suite quick]        # reports from what the store holds
+python run_all.py list [methods|tasks] [PATTERN]
 """
 
 from __future__ import annotations

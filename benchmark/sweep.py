@@ -49,7 +49,10 @@ def run_suite(
         raise ValueError(f"unknown executor {executor!r}; expected one of {', '.join(EXECUTORS)}")
     todo = pending_runs(suite, store, rerun)
     log.info("suite %s: %d runs, %d to run", suite.name, len(suite.runs), len(todo))
-    results = _serial(todo) if executor == "serial" else _processes(todo, workers or default_workers())
+    if executor == "serial":
+        results = _serial(todo, progress)
+    else:
+        results = _processes(todo, workers or default_workers())
     statuses: Counter[str] = Counter()
     for result in tqdm(results, total=len(todo), desc=suite.name, disable=not progress or not todo):
         store.save(result)
@@ -63,9 +66,10 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def _serial(specs: Sequence[RunSpec]) -> Iterator[RunResult]:
+def _serial(specs: Sequence[RunSpec], progress: bool) -> Iterator[RunResult]:
+    """Results one after another, each run with its own step progress bar if ``progress``."""
     for spec in specs:
-        yield trainer.run(spec)
+        yield trainer.run(spec, progress)
 
 
 def _processes(specs: Sequence[RunSpec], workers: int) -> Iterator[RunResult]:
@@ -79,8 +83,9 @@ def _processes(specs: Sequence[RunSpec], workers: int) -> Iterator[RunResult]:
                 yield future.result()
             except Exception as err:  # the worker died (killed, out of memory): record, go on
                 now = time.time()
-                yield RunResult(futures[future], "failed", error=f"worker process died: {err!r}",
-                                started=now, ended=now)
+                yield RunResult(
+                    futures[future], "failed", error=f"worker process died: {err!r}", started=now, ended=now
+                )
 
 
 def _init_worker(plugins: Sequence[str]) -> None:

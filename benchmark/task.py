@@ -127,7 +127,11 @@ class Task:
 
     @torch.no_grad()
     def evaluate(self, model: MultiTaskModel, split: str) -> dict[str, float]:
-        """Every metric of :meth:`metrics` on ``split``; extra diagnostic values may be added."""
+        """Every metric of :meth:`metrics` on ``split``; extra diagnostic values may be added.
+
+        Runs under ``torch.no_grad()``: code that needs autograd wraps itself in ``torch.enable_grad()``.
+        Data goes to the model's device (``next(model.parameters()).device``).
+        """
         raise NotImplementedError
 
     def landscape(self) -> Landscape | None:
