@@ -17,7 +17,7 @@ from pathlib import Path
 from benchmark.config import ConfigError, load_suite
 from benchmark.registry import METHODS, TASKS, load_plugin
 from benchmark.report import write_report
-from benchmark.store import ResultsStore
+from benchmark.store import ResultsStore, StoreError
 from benchmark.sweep import EXECUTORS, default_workers, run_suite
 
 ROOT = Path(__file__).resolve().parent
@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for plugin in args.plugin:
             load_plugin(plugin)
         return args.handler(args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, StoreError, FileNotFoundError, ValueError) as err:
         log.error("error: %s", err)
         return 2
 

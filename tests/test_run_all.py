@@ -54,6 +54,12 @@ def test_bad_suite_exits_with_2_and_names_the_key(tmp_path: Path, caplog: pytest
     assert "methods[0].name: unknown method 'pcgard' (did you mean 'pcgrad'?)" in caplog.text
 
 
+def test_a_file_that_is_not_a_store_exits_with_2(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "store.sqlite").write_text("not a database")
+    assert cli(tmp_path, "report") == 2
+    assert "store.sqlite" in caplog.text
+
+
 def test_list_shows_methods_and_tasks_with_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_all.main(["list"]) == 0
     out = capsys.readouterr().out

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from benchmark.gradients import backward_step, choose_strategy
-from benchmark.method import Method, StepContext, WeightingMethod
+from benchmark.method import Method, StepContext, WeightingMethod, get_method
 from benchmark.task import Batch
 from tests.benchmark.linear_task import HEADS, TRUNK, LinearTask
 
@@ -78,10 +78,13 @@ def test_loss_weighting_takes_one_backward_with_weighted_heads(level: str) -> No
     torch.testing.assert_close(model.heads[1].weight.grad, -0.5 * z_mean.view(1, 2))
 
 
-def test_forward_pass_does_not_depend_on_the_method() -> None:
-    _, with_capture = step(Capture(2), "feature")
-    _, with_weights = step(Fixed(2, [0.0, 0.0]), "param")
-    torch.testing.assert_close(with_capture, with_weights)
+@pytest.mark.parametrize("level", ["param", "feature"])
+def test_graddrop_leaves_the_forward_pass_unchanged(level: str) -> None:
+    """GradDrop acts in the backward pass only: losses and outputs equal plain equal weighting's."""
+    _, with_graddrop = step(get_method("graddrop", num_tasks=2), level)
+    _, with_ew = step(get_method("ew", num_tasks=2), level)
+    torch.testing.assert_close(with_graddrop, with_ew)
+    torch.testing.assert_close(with_ew, HEADS[:2] @ (TRUNK @ X_MEAN))
 
 
 def test_choose_strategy_prefers_the_loop_unless_batched_is_clearly_faster() -> None:
