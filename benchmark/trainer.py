@@ -88,8 +88,8 @@ class Trainer:
         batches = (b.to(self.device) for b in self.task.train_batches(cfg.batch_size, self.data_generator))
         first = next(batches)
         batches = itertools.chain([first], batches)
-        needs_jacobian = self.method.needs_grads and self.level == "param"
-        strategy = self._strategy(first, result.timings) if needs_jacobian else cfg.jacobian
+        needs_jacobian = self.method.needs_grads and self.level == "param"  # else no strategy is used
+        strategy = self._strategy(first, result.timings) if needs_jacobian else "loop"
         loss_sum = torch.zeros(self.task.num_tasks, device=self.device)
         train_s = eval_s = 0.0
         interval_ms: list[float] = []
@@ -98,15 +98,17 @@ class Trainer:
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 self._sync()
                 now = time.perf_counter()
+                rows = []
                 if step > last_eval:
                     train_s += now - tick
                     interval_ms.append((now - tick) / (step - last_eval) * 1e3)
-                    result.metrics += self._loss_rows(step, loss_sum / (step - last_eval))
+                    rows += self._loss_rows(step, loss_sum / (step - last_eval))
                     loss_sum.zero_()
-                result.metrics += self._evaluate(step)
+                rows += self._evaluate(step)
+                result.metrics += rows
                 last_eval, tick = step, time.perf_counter()
                 eval_s += tick - now
-                if not all(math.isfinite(r.value) for r in result.metrics if r.step == step):
+                if not all(math.isfinite(r.value) for r in rows):
                     result.status = "diverged"
                     result.error = f"non-finite loss or metric at step {step}"
                     break
