@@ -79,15 +79,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     statuses = run_suite(suite, store, args.executor, args.workers, rerun=args.rerun)
     log.info("suite %s: %s", suite.name, dict(statuses) or "nothing to run, all results stored")
     if not args.no_report:
-        path = write_report(store, suite.name, args.reports / suite.name)
-        log.info("report: %s", path)
+        write_report(store, suite.name, args.reports / suite.name)
     return 1 if statuses.get("failed") else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     store = ResultsStore(args.results)
     for name in args.suite or store.suites():
-        log.info("report: %s", write_report(store, name, args.reports / name))
+        write_report(store, name, args.reports / name)
     return 0
 
 
