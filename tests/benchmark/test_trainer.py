@@ -104,3 +104,42 @@ def test_schedules() -> None:
     assert cosine[0] == 1.0 and math.isclose(cosine[2], 0.5)
     assert lr_factors(steps=5, schedule="step", lr_step_size=2, lr_gamma=0.5) == [1, 1, 0.5, 0.5, 0.25]
     assert lr_factors(steps=3, warmup_steps=2) == [0.5, 1.0, 1.0]
+
+
+LEARNABLE_PLUGIN = '''
+import torch
+from torch import nn
+from benchmark.method import WeightingMethod
+from benchmark.registry import METHODS
+
+
+@METHODS.register("trainer_test_learnable")
+class Learnable(WeightingMethod):
+    """Softmax weights of a learnable logit vector, pulled towards the larger loss."""
+
+    def __init__(self, num_tasks):
+        super().__init__(num_tasks)
+        self.logits = nn.Parameter(torch.zeros(num_tasks))
+
+    def weights(self, losses, ctx=None):
+        with torch.enable_grad():
+            w = torch.softmax(self.logits, 0)
+            (-(w * losses).sum()).backward()
+        return w.detach() * self.num_tasks
+'''
+
+
+def test_learnable_method_parameters_are_trained_by_their_own_optimizer(tmp_path) -> None:
+    plugin = tmp_path / "learnable_plugin.py"
+    plugin.write_text(LEARNABLE_PLUGIN)
+    raw = {
+        "plugins": [str(plugin)],
+        "train": {"steps": 5, "eval_every": 5, "method_lr": 0.5},
+        "tasks": [{"name": "_linear"}],
+        "methods": ["trainer_test_learnable"],
+    }
+    trainer = Trainer(parse_suite(raw).runs[0])
+    assert trainer.method_optimizer is not None
+    assert trainer.method_optimizer.param_groups[0]["lr"] == 0.5
+    assert trainer.train().status == "ok"
+    assert trainer.method.logits.abs().sum() > 0  # moved from zero by its optimiser

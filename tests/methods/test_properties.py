@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import array_shapes, arrays
 from torch import Tensor
 
 from benchmark.method import LEVELS, Method, StepContext, get_method
@@ -100,3 +104,20 @@ def test_seeded_generator_reproduces_the_update(name: str) -> None:
 def test_rejects_gradients_of_the_wrong_task_count(name: str) -> None:
     with pytest.raises(ValueError, match=r"\[4, \.\.\.\]"):
         build(name).combine(sample_grads(T + 1, 7))
+
+
+@pytest.mark.parametrize("name", NAMES)
+@settings(max_examples=40, deadline=None)
+@given(
+    grads=arrays(
+        np.float64,
+        array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=6),
+        elements=st.floats(-1e6, 1e6, allow_subnormal=False),
+    )
+)
+def test_finite_update_for_any_gradient_matrix(name: str, grads: np.ndarray) -> None:
+    """Mixed magnitudes, exact zeros, repeated and opposite rows: the update stays finite."""
+    matrix = torch.from_numpy(grads)
+    num_tasks = matrix.shape[0]
+    update = build(name, num_tasks).combine(matrix, make_ctx(num_tasks, torch.float64))
+    assert update.shape == matrix.shape[1:] and torch.isfinite(update).all()
