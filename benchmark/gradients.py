@@ -96,14 +96,15 @@ def _weighted_backward(
 def _feature_backward(
     model: MultiTaskModel, task: Task, batch: Batch, method: Method, ctx: StepContext, z: Tensor
 ) -> Tensor:
-    """Every head reads its own copy of z, so one backward of the summed losses yields all T
+    """Every head reads its own alias of z, so one backward of the summed losses yields all T
     gradients w.r.t. z (loss i depends on head i only); the update then goes through the trunk."""
-    copies = z.detach().expand(task.num_tasks, *z.shape).clone().requires_grad_()
-    losses = task.losses(model.forward_each(copies), batch)
+    aliases = [z.detach().requires_grad_() for _ in range(task.num_tasks)]  # T leaves, one storage
+    losses = task.losses(model.forward_each(aliases), batch)
     ctx.losses, ctx.activation = losses.detach(), z.detach()
     losses.sum().backward()
+    grads = torch.stack([_zeros_if_none(a.grad, a, a.shape) for a in aliases])
     with torch.no_grad():
-        update = method.combine(copies.grad, ctx)
+        update = method.combine(grads, ctx)
     z.backward(update)
     return ctx.losses
 

@@ -57,7 +57,7 @@ class MultiTaskModel(nn.Module):
     """``trunk(inputs) -> z``; ``heads[i](z) -> output_i``. Only the trunk's parameters are shared.
 
     Loss i must depend on output i alone: the engine then gets every task's gradient w.r.t. z from
-    one backward, each head reading its own copy of z (:meth:`forward_each`).
+    one backward, each head reading its own alias of z (:meth:`forward_each`).
     """
 
     def __init__(self, trunk: nn.Module, heads: Sequence[nn.Module]) -> None:
@@ -71,9 +71,9 @@ class MultiTaskModel(nn.Module):
     def forward_heads(self, z: Tensor) -> list[Tensor]:
         return [head(z) for head in self.heads]
 
-    def forward_each(self, copies: Tensor) -> list[Tensor]:
-        """Head i applied to ``copies[i]``: ``copies`` is ``[T, *z.shape]``."""
-        return [head(z) for head, z in zip(self.heads, copies, strict=True)]
+    def forward_each(self, inputs: Sequence[Tensor]) -> list[Tensor]:
+        """Head i applied to ``inputs[i]``."""
+        return [head(z) for head, z in zip(self.heads, inputs, strict=True)]
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.trunk.parameters() if p.requires_grad]

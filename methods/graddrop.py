@@ -16,7 +16,12 @@ INPUTS = ("sign", "value", "none")
 
 def sign_purity(signal: Tensor, eps: float = 1e-7) -> Tensor:
     """Gradient positive sign purity ``P = ½(1 + Σᵢ Gᵢ / (Σᵢ |Gᵢ| + ε))`` (paper eq. 1), over dim 0."""
-    return 0.5 * (1.0 + signal.sum(0) / (signal.abs().sum(0) + eps))
+    return purity(signal.sum(0), signal.abs().sum(0), eps)
+
+
+def purity(total: Tensor, total_abs: Tensor, eps: float = 1e-7) -> Tensor:
+    """:func:`sign_purity` from its two sums, ``Σᵢ Gᵢ`` and ``Σᵢ |Gᵢ|``."""
+    return 0.5 * (1.0 + total / (total_abs + eps))
 
 
 def keep_probability(purity: Tensor, purity_fn: str = "linear", k: float = 1.0) -> Tensor:
@@ -96,39 +101,53 @@ class GradDrop(Method):
     def combine(self, grads: Tensor, ctx: StepContext | None = None) -> Tensor:
         self.check_grads(grads)
         ctx = ctx or StepContext()
-        masks = self.masks(self.signal(grads, ctx), ctx.generator)
-        leak = self.leak.to(device=grads.device, dtype=grads.dtype).view(-1, *[1] * (grads.dim() - 1))
-        update = ((leak + (1.0 - leak) * masks) * grads).sum(0)
+        dropped = grads * self.dropped(grads, ctx)  # the dropped gradients, zeros elsewhere
+        drop_share = 1.0 - self.leak.to(device=grads.device, dtype=grads.dtype)
+        update = grads.sum(0) - torch.tensordot(drop_share, dropped, dims=1)  # Σᵢ (ℓᵢ + (1 − ℓᵢ)Mᵢ) ∇Lᵢ
         return _match_norm(update, grads.sum(0)) if self.keep_gradnorm_constant else update
 
-    def signal(self, grads: Tensor, ctx: StepContext) -> Tensor:
-        """Steps 1-2: the gradients times s(A), summed over the batch (kept as a dim of 1) if marginalised."""
-        signal = grads
-        if self.input != "none" and ctx.activation is not None:
-            activation = ctx.activation.detach().to(grads.dtype)
-            if activation.shape != grads.shape[1:]:
-                raise ValueError(
-                    f"graddrop: ctx.activation has shape {tuple(activation.shape)}, expected "
-                    f"{tuple(grads.shape[1:])} (one task's gradient)"
-                )
-            factor = activation_sign(activation, self.eps) if self.input == "sign" else activation
-            signal = grads * factor
+    def dropped(self, grads: Tensor, ctx: StepContext) -> Tensor:
+        """Steps 1-4 as boolean masks ``1 − Mᵢ``: where each loss's gradient is dropped.
+
+        Without marginalisation the signal ``Gᵢ = ∇Lᵢ · s(A)`` is never built: s(A) is the same for every
+        loss, so ``Σᵢ Gᵢ = s(A) Σᵢ ∇Lᵢ``, ``Σᵢ |Gᵢ| = |s(A)| Σᵢ |∇Lᵢ|``, and Gᵢ has the wrong sign exactly
+        where ``∇Lᵢ · sign(s(A)) · kept_sign < 0``.
+        """
+        factor = self.input_factor(grads, ctx)
         if self.marginalize_batch:
             if ctx.level != "feature":
                 raise ValueError(
                     f"graddrop: marginalize_batch=True needs feature-level gradients [T, B, ...] and "
                     f"ctx.level='feature', got level {ctx.level!r}"
                 )
-            signal = signal.sum(1, keepdim=True)
-        return signal
+            signal = (grads if factor is None else grads * factor).sum(1, keepdim=True)
+            kept_sign = self.kept_sign(signal.sum(0), signal.abs().sum(0), ctx.generator)
+            return signal * kept_sign < 0  # [T, 1, ...]: one mask per loss, tiled over the batch
+        total, total_abs = grads.sum(0), grads.abs().sum(0)
+        if factor is not None:
+            total, total_abs = total * factor, total_abs * factor.abs()
+        kept_sign = self.kept_sign(total, total_abs, ctx.generator)
+        if factor is not None:
+            kept_sign = kept_sign * torch.sign(factor)
+        return grads * kept_sign < 0
 
-    def masks(self, signal: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Steps 3-4: the 0/1 masks Mᵢ, same shape as ``signal``."""
-        keep = keep_probability(sign_purity(signal, self.eps), self.purity_fn, self.k)
+    def input_factor(self, grads: Tensor, ctx: StepContext) -> Tensor | None:
+        """Step 1's s(A), shaped like one loss's gradient; ``None`` stands for all ones."""
+        if self.input == "none" or ctx.activation is None:
+            return None
+        activation = ctx.activation.detach().to(grads.dtype)
+        if activation.shape != grads.shape[1:]:
+            raise ValueError(
+                f"graddrop: ctx.activation has shape {tuple(activation.shape)}, expected "
+                f"{tuple(grads.shape[1:])} (one task's gradient)"
+            )
+        return activation_sign(activation, self.eps) if self.input == "sign" else activation
+
+    def kept_sign(self, total: Tensor, total_abs: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Steps 3-4: +1 where the positive sign is kept (``f(P) > U``), −1 where the negative one is."""
+        keep = keep_probability(purity(total, total_abs, self.eps), self.purity_fn, self.k)
         draw = torch.rand(keep.shape, generator=generator, device=keep.device, dtype=keep.dtype)
-        positive_kept = keep > draw
-        kept = (signal == 0) | ((signal > 0) == positive_kept)
-        return kept.to(signal.dtype)
+        return torch.where(keep > draw, 1.0, -1.0).to(keep.dtype)
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
