@@ -156,3 +156,37 @@ def test_activation_shape_is_checked() -> None:
     ctx = StepContext(activation=torch.ones(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="activation"):
         get_method("graddrop", num_tasks=2).combine(random_grads(2, 5), ctx)
+
+
+def reference_graddrop(grads: Tensor, activation: Tensor, generator: torch.Generator, **options) -> Tensor:
+    """DESIGN §4 step by step, with every intermediate tensor built (the method computes less)."""
+    leak = torch.as_tensor(options["leak"], dtype=grads.dtype).expand(grads.shape[0])
+    leak = leak.view(-1, *[1] * (grads.dim() - 1))
+    factor = {"sign": activation_sign(activation), "value": activation, "none": torch.ones_like(activation)}
+    signal = grads * factor[options["input"]]
+    if options["marginalize_batch"]:
+        signal = signal.sum(1, keepdim=True)
+    purity = sign_purity(signal)
+    keep = keep_probability(purity, options["purity_fn"], options["k"])
+    draw = torch.rand(keep.shape, generator=generator, dtype=keep.dtype)
+    masks = ((keep > draw) & (signal > 0)) | ((keep <= draw) & (signal < 0)) | (signal == 0)
+    return ((leak + (1 - leak) * masks.to(grads.dtype)) * grads).sum(0)
+
+
+@pytest.mark.parametrize("input_mode", ["sign", "value", "none"])
+@pytest.mark.parametrize("marginalize_batch", [False, True])
+@pytest.mark.parametrize(("purity_fn", "k"), [("linear", 1.0), ("linear", 0.0), ("sigmoid", 2.0)])
+@pytest.mark.parametrize("leak", [0.0, [0.3, 0.0, 1.0]])
+def test_matches_a_step_by_step_reference(
+    input_mode: str, marginalize_batch: bool, purity_fn: str, k: float, leak: float | list[float]
+) -> None:
+    options = dict(input=input_mode, marginalize_batch=marginalize_batch, purity_fn=purity_fn, k=k, leak=leak)
+    data = torch.Generator().manual_seed(7)
+    grads = torch.randn(3, 6, 5, generator=data, dtype=torch.float64)
+    grads[1, 0, :2] = 0.0  # exact zeros are kept
+    activation = torch.randn(6, 5, generator=data, dtype=torch.float64)
+    activation[2, 3] = 0.0
+    method = get_method("graddrop", num_tasks=3, **options)
+    ctx = StepContext(level="feature", activation=activation, generator=torch.Generator().manual_seed(1))
+    expected = reference_graddrop(grads, activation, torch.Generator().manual_seed(1), **options)
+    torch.testing.assert_close(method.combine(grads, ctx), expected)
