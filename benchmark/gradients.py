@@ -7,9 +7,10 @@
 - ``param`` level: the method sees the Jacobian of the T losses w.r.t. the shared (trunk) parameters,
   ``[T, P]``, from a loop of ``autograd.grad`` calls (``"loop"``) or one call with
   ``is_grads_batched`` (``"batched"``); :func:`choose_strategy` picks between them by measuring.
-  Cost: about T backwards.
+  Cost: about T backwards, plus one through the heads alone for their gradients.
 
-Heads receive the gradient of the (summed, for gradient methods) losses: each head its own task's.
+Heads receive the gradient of the (summed, for gradient methods) losses: each head its own task's,
+computed the same way whatever the strategy.
 """
 
 from __future__ import annotations
@@ -27,33 +28,37 @@ from benchmark.task import Batch, MultiTaskModel, Task
 log = logging.getLogger(__name__)
 
 BATCHED_MIN_SPEEDUP = 1.25
-"""``auto`` takes the batched call only when it is at least this much faster: a stable choice keeps
-repeated runs bit-identical."""
+"""``auto`` takes the batched call only when it is at least this much faster, so that the choice is
+stable; the two strategies' Jacobians are bit-identical on the shipped tasks (tested), so even a
+flipped choice leaves results unchanged there."""
 
 
-def per_task_grads(
-    losses: Tensor, targets: Sequence[Tensor], heads: Sequence[Tensor], strategy: str
-) -> tuple[Tensor, list[Tensor]]:
-    """The Jacobian ``[T, N]`` of the T ``losses`` w.r.t. ``targets`` (flattened, concatenated), and
-    for each tensor in ``heads`` the gradient of the summed losses."""
-    num_tasks, inputs = losses.shape[0], [*targets, *heads]
+def jacobian(losses: Tensor, params: Sequence[Tensor], strategy: str) -> Tensor:
+    """The Jacobian ``[T, N]`` of the T ``losses`` w.r.t. ``params`` (flattened, concatenated).
+
+    Keeps the graph: the caller still back-propagates through it.
+    """
+    num_tasks = losses.shape[0]
     if strategy == "batched":
         eye = torch.eye(num_tasks, dtype=losses.dtype, device=losses.device)
-        grads = torch.autograd.grad(losses, inputs, eye, is_grads_batched=True, allow_unused=True)
-        grads = [_zeros_if_none(g, x, (num_tasks, *x.shape)) for g, x in zip(grads, inputs, strict=True)]
-        jacobian = torch.cat([g.flatten(1) for g in grads[: len(targets)]], dim=1)
-        return jacobian, [g.sum(0) for g in grads[len(targets) :]]
-
-    jacobian = losses.new_empty(num_tasks, sum(t.numel() for t in targets))
-    head_grads = [torch.zeros_like(h) for h in heads]
+        grads = torch.autograd.grad(
+            losses, params, eye, retain_graph=True, is_grads_batched=True, allow_unused=True
+        )
+        return torch.cat(
+            [
+                _zeros_if_none(g, p, (num_tasks, *p.shape)).flatten(1)
+                for g, p in zip(grads, params, strict=True)
+            ],
+            dim=1,
+        )
+    rows = losses.new_empty(num_tasks, sum(p.numel() for p in params))
     for i in range(num_tasks):
-        grads = torch.autograd.grad(losses[i], inputs, retain_graph=i < num_tasks - 1, allow_unused=True)
-        row = [_zeros_if_none(g, x, x.shape).reshape(-1) for g, x in zip(grads, targets, strict=False)]
-        torch.cat(row, out=jacobian[i])
-        for total, g in zip(head_grads, grads[len(targets) :], strict=True):
-            if g is not None:
-                total.add_(g)
-    return jacobian, head_grads
+        grads = torch.autograd.grad(losses[i], params, retain_graph=True, allow_unused=True)
+        torch.cat(
+            [_zeros_if_none(g, p, p.shape).reshape(-1) for g, p in zip(grads, params, strict=True)],
+            out=rows[i],
+        )
+    return rows
 
 
 def _zeros_if_none(grad: Tensor | None, like: Tensor, shape: Sequence[int]) -> Tensor:
@@ -122,14 +127,14 @@ def _param_backward(
     losses = task.losses(model.forward_heads(z), batch)
     ctx.losses = losses.detach()
     shared = model.shared_parameters()
+    matrix = jacobian(losses, shared, strategy)
     head_params = [p for p in model.heads.parameters() if p.requires_grad]
-    jacobian, head_grads = per_task_grads(losses, shared, head_params, strategy)
-    for param, grad in zip(head_params, head_grads, strict=True):
-        param.grad = grad
+    if head_params:  # the same call whatever the strategy, so heads never depend on it
+        losses.sum().backward(inputs=head_params)
     if method.uses_activation:
         ctx.activation = torch.cat([p.detach().reshape(-1) for p in shared])
     with torch.no_grad():
-        _assign_flat(shared, method.combine(jacobian, ctx))
+        _assign_flat(shared, method.combine(matrix, ctx))
     return ctx.losses
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from benchmark.gradients import backward_step, choose_strategy, per_task_grads
+from benchmark.gradients import backward_step, choose_strategy, jacobian
 from benchmark.method import StepContext, get_method
 from benchmark.registry import load_plugin
 from benchmark.specs import RunSpec, TrainSpec
@@ -141,11 +141,10 @@ class Trainer:
         """The param-level Jacobian strategy of the config; ``auto`` is measured on this model and batch."""
         if self.spec.train.jacobian != "auto":
             return self.spec.train.jacobian
-        head_params = [p for p in self.model.heads.parameters() if p.requires_grad]
 
         def probe(strategy: str) -> None:
             losses = self.task.losses(self.model(batch.inputs), batch)
-            per_task_grads(losses, self.model.shared_parameters(), head_params, strategy)
+            jacobian(losses, self.model.shared_parameters(), strategy)
             self._sync()
 
         choice, times = choose_strategy(probe)

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from benchmark.gradients import backward_step, choose_strategy
+from benchmark.gradients import backward_step, choose_strategy, jacobian
 from benchmark.method import Method, StepContext, WeightingMethod, get_method
-from benchmark.task import Batch
+from benchmark.task import Batch, get_task
 from tests.benchmark.linear_task import HEADS, TRUNK, LinearTask
 
 X = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.0, 4.0]])  # batch of 3; mean (4/3, 5/3)
@@ -100,3 +100,17 @@ def test_choose_strategy_falls_back_to_the_loop_when_batching_fails() -> None:
             raise RuntimeError("no batching rule")
 
     assert choose_strategy(probe)[0] == "loop"
+
+
+@pytest.mark.parametrize("task_name", ["toy2d", "digits"])
+def test_loop_and_batched_jacobians_are_bit_identical_on_the_shipped_tasks(task_name: str) -> None:
+    """``jacobian: auto`` picks a strategy by timing; results must not depend on which it picks."""
+    task = get_task(task_name)
+    torch.manual_seed(0)
+    model = task.build_model()
+    batch = next(task.train_batches(32, torch.Generator().manual_seed(0)))
+    loop, batched = (
+        jacobian(task.losses(model(batch.inputs), batch), model.shared_parameters(), strategy)
+        for strategy in ("loop", "batched")
+    )
+    assert torch.equal(loop, batched)
