@@ -1,4 +1,4 @@
-"""PNG plots for the report: metric bars, trajectories over a toy landscape, step times.
+"""PNG plots for the report: metrics with error bars, trajectories over a toy landscape, step times.
 
 Figures are built with :class:`matplotlib.figure.Figure` and rendered by Agg, never through pyplot:
 no window, no global figure state, nothing to close. The same input gives the same PNG bytes.
@@ -55,7 +55,19 @@ def _bars(ax: Axes, rows: pd.DataFrame, colors: Mapping[str, tuple[float, float,
     ax.invert_yaxis()
 
 
-def metric_bars(summary: pd.DataFrame, title: str, path: Path) -> Path:
+def _points(ax: Axes, rows: pd.DataFrame, colors: Mapping[str, tuple[float, float, float]]) -> None:
+    """``mean ± std`` per ``method_label`` as a dot with error bars, first method on top; the axis is
+    fitted to the values (bars from zero would hide differences of a fraction of a percent)."""
+    y = np.arange(len(rows))
+    for i, row in enumerate(rows.itertuples()):
+        std = 0.0 if pd.isna(row.std) else row.std
+        ax.errorbar(row.mean, i, xerr=std, fmt="o", color=colors[row.method_label], capsize=3)
+    ax.set_yticks(y, rows["method_label"])
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.margins(x=0.15)
+
+
+def metric_points(summary: pd.DataFrame, title: str, path: Path) -> Path:
     """One panel per metric of one task; ``summary`` rows: method_label, name, mean, std, higher_is_better."""
     names = list(dict.fromkeys(summary["name"]))
     colors = _palette(list(dict.fromkeys(summary["method_label"])))
@@ -68,7 +80,7 @@ def metric_bars(summary: pd.DataFrame, title: str, path: Path) -> Path:
             rows = summary[summary["name"] == name]
             better = rows["higher_is_better"].iloc[0]
             arrow = "" if pd.isna(better) else (" ↑" if better else " ↓")
-            _bars(ax, rows, colors)
+            _points(ax, rows, colors)
             ax.set_title(f"{name}{arrow}")
         for ax in axes[len(names) :]:
             ax.set_visible(False)

@@ -309,7 +309,7 @@ def task_section(
         blocks.append(Items(fronts))
     if not summary.empty:
         shown = summary[summary["higher_is_better"].notna()]
-        image = plots.metric_bars(shown if len(shown) else summary, label, out_dir / f"{stem}_metrics.png")
+        image = plots.metric_points(shown if len(shown) else summary, label, out_dir / f"{stem}_metrics.png")
         blocks.append(Image(image, f"{label} metrics"))
     if image := landscape_plot(label, ev, metrics, out_dir / f"{stem}_landscape.png"):
         blocks.append(Image(image, f"{label} trajectories"))
