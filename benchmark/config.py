@@ -34,7 +34,7 @@ from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from benchmark.registry import METHODS, TASKS, UnknownNameError, load_plugin
+from benchmark.registry import METHODS, TASKS, Registry, UnknownNameError, load_plugin
 from benchmark.specs import JACOBIAN_STRATEGIES, OPTIMIZERS, SCHEDULES, PluginSpec, RunSpec, TrainSpec
 
 SUITE_KEYS = ("name", "description", "seeds", "plugins", "train", "tasks", "methods")
@@ -127,12 +127,15 @@ def _list(value: Any, key: str, fail: Fail) -> list[Any]:
     return value
 
 
-def _check_keys(mapping: Mapping[str, Any], allowed: tuple[str, ...], key: str, fail: Fail) -> None:
+def _check_keys(
+    mapping: Mapping[str, Any], allowed: tuple[str, ...], key: str, fail: Fail, what: str = "key"
+) -> None:
+    """Fail on the first key of ``mapping`` not in ``allowed``, suggesting the closest one."""
     for k in mapping:
         if k not in allowed:
             close = difflib.get_close_matches(str(k), allowed, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f"; expected one of {', '.join(allowed)}"
-            fail(f"{key}.{k}" if key else str(k), f"unknown key{hint}")
+            fail(f"{key}.{k}" if key else str(k), f"unknown {what}{hint}")
 
 
 def _seeds(value: Any, fail: Fail) -> tuple[int, ...]:
@@ -160,7 +163,7 @@ def _plugins(value: Any, source: Path | None, fail: Fail) -> tuple[str, ...]:
     return tuple(paths)
 
 
-def _entry(raw: Any, key: str, registry, fail: Fail) -> tuple[str, dict[str, Any]]:
+def _entry(raw: Any, key: str, registry: Registry[type], fail: Fail) -> tuple[str, dict[str, Any]]:
     """A task or method entry as a dict with a known ``name``; a bare string is ``{name: ...}``."""
     entry = {"name": raw} if isinstance(raw, str) else _mapping(raw, key, fail)
     _check_keys(entry, ENTRY_KEYS, key, fail)
@@ -172,24 +175,14 @@ def _entry(raw: Any, key: str, registry, fail: Fail) -> tuple[str, dict[str, Any
         fail(f"{key}.name", str(err))
     for part in ("params", "grid", "train"):
         _mapping(entry.get(part, {}), f"{key}.{part}", fail)
-    allowed = tuple(cls.defaults())
     if not _takes_kwargs(cls):
+        what = f"parameter of {registry.kind} {entry['name']!r}"
         for part in ("params", "grid"):
-            _check_param_names(
-                entry.get(part, {}), allowed, f"{key}.{part}", registry.kind, entry["name"], fail
-            )
+            _check_keys(entry.get(part, {}), tuple(cls.defaults()), f"{key}.{part}", fail, what)
     for name, values in entry.get("grid", {}).items():
         if not isinstance(values, list) or not values:
             fail(f"{key}.grid.{name}", f"expected a non-empty list of values, got {values!r}")
     return key, entry
-
-
-def _check_param_names(params, allowed, key, kind, name, fail: Fail) -> None:
-    for p in params:
-        if p not in allowed:
-            close = difflib.get_close_matches(str(p), allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f"; it takes {', '.join(allowed) or 'none'}"
-            fail(f"{key}.{p}", f"unknown parameter of {kind} {name!r}{hint}")
 
 
 def _takes_kwargs(cls: type) -> bool:
@@ -211,7 +204,9 @@ def _expand(entry: Mapping[str, Any], relabel: bool) -> list[PluginSpec]:
     return specs
 
 
-def _construct(registry, spec: PluginSpec, args: tuple, key: str, fail: Fail):
+def _construct(
+    registry: Registry[type], spec: PluginSpec, args: tuple[Any, ...], key: str, fail: Fail
+) -> Any:
     """Build the plugin once so that a bad hyperparameter value fails here, not mid-sweep."""
     try:
         return registry.create(spec.name, *args, **spec.params)
@@ -219,7 +214,7 @@ def _construct(registry, spec: PluginSpec, args: tuple, key: str, fail: Fail):
         fail(key, f"{registry.kind} {spec.name!r} with {spec.params}: {err}")
 
 
-def _check_unique_labels(methods, fail: Fail) -> None:
+def _check_unique_labels(methods: list[tuple[str, dict[str, Any]]], fail: Fail) -> None:
     seen: dict[str, str] = {}
     for key, entry in methods:
         label = entry.get("label") or entry["name"]

@@ -141,7 +141,7 @@ def _param_backward(
 def _assign_flat(params: Sequence[Tensor], flat: Tensor) -> None:
     offset = 0
     for p in params:
-        p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+        p.grad = flat[offset : offset + p.numel()].view_as(p)  # disjoint views of the fresh update
         offset += p.numel()
 
 
