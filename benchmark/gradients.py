@@ -141,7 +141,7 @@ def _param_backward(
 def _assign_flat(params: Sequence[Tensor], flat: Tensor) -> None:
     offset = 0
     for p in params:
-        p.grad = flat[offset : offset + p.numel()].view_as(p)  # disjoint views of the fresh update
+        p.grad = flat[offset : offset + p.numel()].view_as(p).clone()  # the method may keep ``flat``
         offset += p.numel()
 
 
