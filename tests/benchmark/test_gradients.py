@@ -87,10 +87,23 @@ def test_graddrop_leaves_the_forward_pass_unchanged(level: str) -> None:
     torch.testing.assert_close(with_ew, HEADS[:2] @ (TRUNK @ X_MEAN))
 
 
-def test_choose_strategy_prefers_the_loop_unless_batched_is_clearly_faster() -> None:
+@pytest.mark.parametrize(
+    ("loop_ms", "batched_ms", "choice"), [(10.0, 2.0, "batched"), (10.0, 9.0, "loop"), (2.0, 10.0, "loop")]
+)
+def test_choose_strategy_takes_batched_only_when_clearly_faster(
+    loop_ms: float, batched_ms: float, choice: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [0.0]
+    monkeypatch.setattr("benchmark.gradients.time.perf_counter", lambda: clock[0])
     calls: list[str] = []
-    choice, times = choose_strategy(calls.append, repeats=2)
-    assert choice in ("loop", "batched") and set(times) == {"loop", "batched"}
+
+    def probe(strategy: str) -> None:  # a fake clock advanced by each strategy's cost
+        calls.append(strategy)
+        clock[0] += (loop_ms if strategy == "loop" else batched_ms) / 1e3
+
+    picked, times = choose_strategy(probe, repeats=2)
+    assert picked == choice
+    assert times == pytest.approx({"loop": loop_ms, "batched": batched_ms})
     assert calls.count("loop") == calls.count("batched") == 3  # warm-up + repeats
 
 
