@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
 
+import torch
 import yaml
 
 from benchmark.registry import METHODS, TASKS, Registry, UnknownNameError, load_plugin
@@ -239,7 +240,18 @@ def _train_spec(raw: Mapping[str, Any], key: str, fail: Fail) -> TrainSpec:
             fail(f"{key}.{name}", f"must be >= 1, got {getattr(spec, name)}")
     if spec.lr <= 0:
         fail(f"{key}.lr", f"must be > 0, got {spec.lr}")
+    _check_device(spec.device, f"{key}.device", fail)
     return spec
+
+
+def _check_device(name: str, key: str, fail: Fail) -> None:
+    """A device torch can parse and this machine has (a CUDA run on a CPU machine fails here, once)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        fail(key, f"not a torch device: {name!r} ({err})")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail(key, f"{name!r}: CUDA is not available on this machine")
 
 
 def _coerce(value: Any, hint: Any, key: str, fail: Fail) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import tests.benchmark.linear_task  # noqa: F401  (registers the "_linear" task)
@@ -82,6 +83,7 @@ def test_seed_count() -> None:
         ({"tasks": []}, "tasks: a suite needs at least one entry"),
         ({"tasks": [{"name": "_linear", "params": {"fail": True}}]}, "tasks[0]: task '_linear'"),
         ({"seeds": [0, "one"]}, "seeds: expected a positive count or a list of integers"),
+        ({"train": {"device": "gpu0"}}, "train.device: not a torch device: 'gpu0'"),
         ({"plugins": ["nowhere.py"]}, "plugins[0]: plugin file not found"),
     ],
 )
@@ -90,6 +92,12 @@ def test_errors_name_the_key_and_the_value(changes: dict, message: str) -> None:
         parse_suite(suite(**changes), source=Path("configs/x.yaml"))
     assert str(err.value).startswith("configs/x.yaml: ")
     assert message in str(err.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
+def test_cuda_on_a_machine_without_it_fails_before_anything_runs() -> None:
+    with pytest.raises(ConfigError, match="'cuda': CUDA is not available on this machine"):
+        parse_suite(suite(), overrides={"device": "cuda"})
 
 
 def test_file_errors(tmp_path: Path) -> None:
