@@ -38,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, StoreError, FileNotFoundError, ValueError) as err:
         log.error("error: %s", err)
         return 2
+    except KeyboardInterrupt:
+        log.error("interrupted: finished runs are stored; run the same command again to resume")
+        return 130
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

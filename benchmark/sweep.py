@@ -73,10 +73,14 @@ def _serial(specs: Sequence[RunSpec], progress: bool) -> Iterator[RunResult]:
 
 
 def _processes(specs: Sequence[RunSpec], workers: int) -> Iterator[RunResult]:
-    """Results in completion order from ``workers`` spawned processes, one torch thread each."""
+    """Results in completion order from ``workers`` spawned processes, one torch thread each.
+
+    On an interrupt (Ctrl-C) the runs not yet started are cancelled; what finished is already stored.
+    """
     plugins = sorted({p for spec in specs for p in spec.plugins})
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=(plugins,)) as pool:
+    pool = ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=(plugins,))
+    try:
         futures: dict[Future[RunResult], RunSpec] = {pool.submit(trainer.run, s): s for s in specs}
         for future in as_completed(futures):
             try:
@@ -86,6 +90,8 @@ def _processes(specs: Sequence[RunSpec], workers: int) -> Iterator[RunResult]:
                 yield RunResult(
                     futures[future], "failed", error=f"worker process died: {err!r}", started=now, ended=now
                 )
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _init_worker(plugins: Sequence[str]) -> None:
