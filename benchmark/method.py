@@ -77,7 +77,8 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def weights(self, losses: Tensor, ctx: StepContext | None = None) -> Tensor | None:
-        """Loss weights ``[T]`` for a one-backward update, or ``None`` for a gradient method."""
+        """Loss weights ``[T]``; loss-weighting methods override this (see :class:`WeightingMethod`),
+        and overriding it is what makes the engine take one backward (:attr:`needs_grads`)."""
         return None
 
     @property

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from benchmark.gradients import backward_step, choose_strategy, jacobian
-from benchmark.method import Method, StepContext, WeightingMethod, get_method
+from benchmark.method import Method, StepContext, get_method
 from benchmark.task import Batch, get_task
 from tests.benchmark.linear_task import HEADS, TRUNK, LinearTask
 
@@ -21,15 +21,6 @@ class Capture(Method):
     def combine(self, grads: Tensor, ctx: StepContext | None = None) -> Tensor:
         self.grads, self.ctx = grads.clone(), ctx
         return grads.sum(0)
-
-
-class Fixed(WeightingMethod):
-    def __init__(self, num_tasks: int, weights: list[float]) -> None:
-        super().__init__(num_tasks)
-        self.w = torch.tensor(weights)
-
-    def weights(self, losses: Tensor, ctx: StepContext | None = None) -> Tensor:
-        return self.w
 
 
 def step(method: Method, level: str, strategy: str = "loop", num_tasks: int = 2):
@@ -70,7 +61,7 @@ def test_feature_level_gradients_and_trunk_backward(strategy: str) -> None:
 
 @pytest.mark.parametrize("level", ["param", "feature"])
 def test_loss_weighting_takes_one_backward_with_weighted_heads(level: str) -> None:
-    model, _ = step(Fixed(2, [2.0, -0.5]), level)
+    model, _ = step(get_method("fixed", num_tasks=2, weights=[2.0, -0.5]), level)
     expected = 2.0 * torch.outer(HEADS[0], X_MEAN) - 0.5 * torch.outer(HEADS[1], X_MEAN)
     torch.testing.assert_close(model.trunk.weight.grad, expected)
     z_mean = TRUNK @ X_MEAN
