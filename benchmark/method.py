@@ -4,14 +4,23 @@ A method sees ``grads`` of shape ``[T, *shape]``: at the ``param`` level the Jac
 with respect to the shared parameters (``[T, P]``); at the ``feature`` level the gradients of the losses
 with respect to the shared representation z (``[T, B, ...]``). It returns the update, shape ``[*shape]``.
 
-Loss-weighting methods also implement :meth:`Method.weights`; the engine then skips per-task gradients
-and runs one backward of ``sum_i w_i L_i``. The engine calls ``combine`` under ``torch.no_grad()``.
-Methods with learnable state are ``nn.Module`` s: they set their own parameters' ``.grad`` inside
-``weights``/``combine`` (with ``torch.enable_grad()`` where needed) and the trainer steps their optimizer.
+Three bases keep each method short (after TorchJD's weighted aggregators):
+
+- :class:`WeightedMethod`: the update is ``Σᵢ wᵢ gᵢ``; the method only says how to get ``w`` [T].
+- :class:`GramianMethod`: the same, with ``w`` computed from the T x T Gramian ``J Jᵀ`` alone.
+- :class:`WeightingMethod`: ``w`` from the losses alone (:meth:`Method.weights`); the engine then skips
+  per-task gradients and runs one backward of ``Σᵢ wᵢ Lᵢ``.
+
+:class:`Composed` applies any weighting before any method (``{name: graddrop, weighting: gradnorm}``
+in a suite); :func:`build_method` builds a suite's method entry. The engine calls ``combine`` under
+``torch.no_grad()``. Methods with learnable state are ``nn.Module`` s: they set their own parameters'
+``.grad`` inside ``weights``/``combine`` (with ``torch.enable_grad()`` where needed) and the trainer steps
+their optimizer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -19,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.registry import METHODS, hyperparameters
+from benchmark.specs import PluginSpec
 
 Level = Literal["param", "feature"]
 LEVELS: tuple[str, ...] = ("param", "feature")
@@ -38,6 +48,10 @@ class StepContext:
             ``uses_activation``). Same shape as one task's gradient.
         task_rows: ``[T, B]`` bool, which batch rows each loss is computed on (batch-separated losses,
             e.g. transfer learning); ``None`` when every loss uses the whole batch.
+        epoch: the training epoch (``step // Task.steps_per_epoch``), for epoch-level statistics (DWA).
+        extra_grads: per-task gradients, like ``grads``, on an independent mini-batch of the same step:
+            filled at the param level for methods with ``batches_per_step == 2`` (SDMGrad, MoDo);
+            ``None`` otherwise, and methods then fall back to ``grads``.
     """
 
     losses: Tensor | None = None
@@ -46,6 +60,8 @@ class StepContext:
     level: str = "param"
     activation: Tensor | None = None
     task_rows: Tensor | None = None
+    epoch: int = 0
+    extra_grads: Tensor | None = None
 
 
 class Method(nn.Module):
@@ -58,6 +74,14 @@ class Method(nn.Module):
         level: the level the method runs at unless a suite says otherwise.
         uses_activation: whether ``combine`` reads ``ctx.activation`` (at the param level the engine
             then gathers the shared parameters into one vector each step).
+        batches_per_step: 2 for methods that need gradients on a second, independent mini-batch
+            (``ctx.extra_grads``, param level only).
+        needs_losses_after_step: whether the trainer calls :meth:`losses_after_step` (FAMO).
+
+    Properties a method claims, checked for it by the shared property tests:
+        permutation_invariant: permuting the tasks (gradients and losses) leaves the update unchanged.
+        linear_under_scaling: ``combine(c J) == c combine(J)`` for every ``c > 0``.
+        non_conflicting: the update never conflicts with a task, ``J @ update >= 0``.
     """
 
     name: ClassVar[str] = ""
@@ -65,6 +89,11 @@ class Method(nn.Module):
     citation: ClassVar[str] = ""
     level: ClassVar[str] = "param"
     uses_activation: ClassVar[bool] = False
+    batches_per_step: ClassVar[int] = 1
+    needs_losses_after_step: ClassVar[bool] = False
+    permutation_invariant: ClassVar[bool] = False
+    linear_under_scaling: ClassVar[bool] = False
+    non_conflicting: ClassVar[bool] = False
 
     def __init__(self, num_tasks: int) -> None:
         super().__init__()
@@ -80,6 +109,10 @@ class Method(nn.Module):
         """Loss weights ``[T]``; loss-weighting methods override this (see :class:`WeightingMethod`),
         and overriding it is what makes the engine take one backward (:attr:`needs_grads`)."""
         return None
+
+    def losses_after_step(self, losses: Tensor) -> None:
+        """The T losses of this step's batch recomputed after the optimiser step (detached); called
+        only when :attr:`needs_losses_after_step` is set."""
 
     @property
     def needs_grads(self) -> bool:
@@ -99,21 +132,116 @@ class Method(nn.Module):
         """Hyperparameters and their defaults, from the constructor signature."""
         return hyperparameters(cls, skip=("num_tasks",))
 
+    @classmethod
+    def default_grid(cls, num_tasks: int) -> dict[str, list[Any]]:
+        """Hyperparameter values a suite expands into one run each unless it sets them (STL: one run
+        per task)."""
+        return {}
 
-class WeightingMethod(Method):
-    """A method defined by loss weights: ``combine`` is ``sum_i w_i g_i``, computed in one backward."""
 
-    def weights(self, losses: Tensor, ctx: StepContext | None = None) -> Tensor:
+class WeightedMethod(Method):
+    """A method whose update is ``Σᵢ wᵢ gᵢ``: subclasses implement :meth:`task_weights`. Any
+    ``WeightedMethod`` can serve as the ``weighting`` of a :class:`Composed` method."""
+
+    def task_weights(self, grads: Tensor, ctx: StepContext) -> Tensor:
+        """The weights ``[T]`` of this step's gradients ``grads`` ``[T, *shape]``."""
         raise NotImplementedError
 
     def combine(self, grads: Tensor, ctx: StepContext | None = None) -> Tensor:
         self.check_grads(grads)
-        ctx = ctx or StepContext()
-        losses = ctx.losses if ctx.losses is not None else grads.new_zeros(self.num_tasks)
-        w = self.weights(losses, ctx).to(grads.dtype)
+        w = self.task_weights(grads, ctx or StepContext()).to(grads.dtype)
         return (w @ grads.flatten(1)).view(grads.shape[1:])
+
+
+class GramianMethod(WeightedMethod):
+    """A weighted method that needs only the Gramian ``G = J Jᵀ`` ``[T, T]`` (MGDA, UPGrad, IMTL-G, ...):
+    subclasses implement :meth:`gramian_weights`; the Gramian is computed once per step."""
+
+    def gramian_weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:
+        """The weights ``[T]`` from the Gramian of this step's gradients."""
+        raise NotImplementedError
+
+    def task_weights(self, grads: Tensor, ctx: StepContext) -> Tensor:
+        matrix = grads.flatten(1)
+        return self.gramian_weights(matrix @ matrix.T, ctx)
+
+
+class WeightingMethod(WeightedMethod):
+    """A method defined by loss weights (:meth:`weights`): the engine computes its update in one
+    backward of ``Σᵢ wᵢ Lᵢ``; ``combine`` gives the same update from per-task gradients."""
+
+    def weights(self, losses: Tensor, ctx: StepContext | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def task_weights(self, grads: Tensor, ctx: StepContext) -> Tensor:
+        losses = ctx.losses if ctx.losses is not None else grads.new_zeros(self.num_tasks)
+        return self.weights(losses, ctx)
+
+
+class Composed(Method):
+    """``weighting ∘ method``: the method combines the weighted gradients ``wᵢ gᵢ`` (and sees the
+    weighted losses ``wᵢ Lᵢ``), e.g. GradDrop on GradNorm-weighted gradients as in the GradDrop paper.
+
+    When both parts are loss weightings the weights multiply and the engine needs one backward.
+    Learnable parameters of either part are trained as usual (they are submodules).
+    """
+
+    def __init__(self, weighting: Method, method: Method) -> None:
+        if not isinstance(weighting, WeightedMethod):
+            raise ValueError(
+                f"{weighting.name!r} cannot be a weighting: it does not produce task weights "
+                "(use a loss weighting such as 'uw' or a weighted method such as 'gradnorm')"
+            )
+        if weighting.num_tasks != method.num_tasks:
+            raise ValueError(
+                f"weighting {weighting.name!r} has {weighting.num_tasks} tasks, "
+                f"method {method.name!r} has {method.num_tasks}"
+            )
+        super().__init__(method.num_tasks)
+        self.weighting, self.method = weighting, method
+        self.name = f"{weighting.name}+{method.name}"
+        self.level = method.level
+        self.uses_activation = method.uses_activation
+        self.batches_per_step = max(weighting.batches_per_step, method.batches_per_step)
+        self.needs_losses_after_step = weighting.needs_losses_after_step or method.needs_losses_after_step
+
+    @property
+    def needs_grads(self) -> bool:
+        return self.weighting.needs_grads or self.method.needs_grads
+
+    def weights(self, losses: Tensor, ctx: StepContext | None = None) -> Tensor | None:
+        if self.needs_grads:
+            return None
+        ctx = ctx or StepContext(losses=losses)
+        first = self.weighting.weights(losses, ctx)
+        return first * self.method.weights(first * losses, dataclasses.replace(ctx, losses=first * losses))
+
+    def combine(self, grads: Tensor, ctx: StepContext | None = None) -> Tensor:
+        self.check_grads(grads)
+        ctx = ctx or StepContext()
+        w = self.weighting.task_weights(grads, ctx).to(grads.dtype)
+        column = w.view(-1, *[1] * (grads.dim() - 1))
+        inner = dataclasses.replace(
+            ctx,
+            losses=None if ctx.losses is None else ctx.losses * w.to(ctx.losses.dtype),
+            extra_grads=None if ctx.extra_grads is None else ctx.extra_grads * column,
+        )
+        return self.method.combine(grads * column, inner)
+
+    def losses_after_step(self, losses: Tensor) -> None:
+        for part in (self.weighting, self.method):
+            if part.needs_losses_after_step:
+                part.losses_after_step(losses)
 
 
 def get_method(name: str, num_tasks: int, **hparams: Any) -> Method:
     """``get_method("pcgrad", num_tasks=3).combine(J)``."""
     return METHODS.create(name, num_tasks, **hparams)
+
+
+def build_method(spec: PluginSpec, num_tasks: int) -> Method:
+    """The method of a suite entry, composed with its ``weighting`` when it has one."""
+    method = get_method(spec.name, num_tasks, **spec.params)
+    if spec.weighting is None:
+        return method
+    return Composed(build_method(spec.weighting, num_tasks), method)

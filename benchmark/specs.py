@@ -36,11 +36,13 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class PluginSpec:
-    """A registered plugin (method or task) with its hyperparameters and a display label."""
+    """A registered plugin (method or task) with its hyperparameters and a display label; a method may
+    have a ``weighting`` applied before it (:class:`benchmark.method.Composed`)."""
 
     name: str
     params: dict[str, Any] = field(default_factory=dict)
     label: str = ""
+    weighting: PluginSpec | None = None
 
     def __post_init__(self) -> None:
         if not self.label:
@@ -65,6 +67,9 @@ class RunSpec:
         """Stable hash of everything that determines the run's outcome."""
         payload = self.to_dict()
         payload.pop("plugins")
+        for part in ("task", "method"):  # runs stored before composition existed keep their hash
+            if payload[part]["weighting"] is None:
+                del payload[part]["weighting"]
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

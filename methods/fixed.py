@@ -29,10 +29,10 @@ class FixedWeighting(WeightingMethod):
     def __init__(self, num_tasks: int, weights: list[float] | None = None) -> None:
         super().__init__(num_tasks)
         values = _weight_values(weights, num_tasks)
-        self.register_buffer("task_weights", torch.tensor(values, dtype=torch.float64), persistent=False)
+        self.register_buffer("fixed_weights", torch.tensor(values, dtype=torch.float64), persistent=False)
 
     def weights(self, losses: Tensor, ctx: StepContext | None = None) -> Tensor:
-        return self.task_weights.to(device=losses.device, dtype=losses.dtype)
+        return self.fixed_weights.to(device=losses.device, dtype=losses.dtype)
 
 
 def _weight_values(weights: list[float] | None, num_tasks: int) -> list[float]:
