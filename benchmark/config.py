@@ -15,6 +15,8 @@ A suite file::
       - ew
       - {name: graddrop, label: random_graddrop, params: {k: 0.0}}
       - {name: graddrop, grid: {leak: [0.0, 0.5]}}  # one labelled method per value
+      - {name: graddrop, weighting: gradnorm}        # a weighting applied first: "gradnorm+graddrop"
+      - stl                                          # Method.default_grid: one run per task
 
 Training settings are merged, later winning: ``TrainSpec`` defaults, the task's ``train_defaults``,
 the suite's ``train``, the task entry's ``train``, the method entry's ``train``.
@@ -35,11 +37,13 @@ from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
 import torch
 import yaml
 
+from benchmark.method import WeightedMethod, build_method
 from benchmark.registry import METHODS, TASKS, Registry, UnknownNameError, load_plugin
 from benchmark.specs import JACOBIAN_STRATEGIES, OPTIMIZERS, SCHEDULES, PluginSpec, RunSpec, TrainSpec
 
 SUITE_KEYS = ("name", "description", "seeds", "plugins", "train", "tasks", "methods")
 ENTRY_KEYS = ("name", "label", "params", "grid", "train")
+METHOD_KEYS = (*ENTRY_KEYS, "weighting")
 TRAIN_CHOICES = {
     "optimizer": OPTIMIZERS,
     "schedule": SCHEDULES,
@@ -86,20 +90,20 @@ def parse_suite(raw: Any, source: Path | None = None, overrides: Mapping[str, An
     seeds = _seeds(suite.get("seeds", [0]), fail)
     suite_train = _mapping(suite.get("train", {}), "train", fail)
     methods = [
-        _entry(m, f"methods[{i}]", METHODS, fail)
+        _method_entry(m, f"methods[{i}]", fail)
         for i, m in enumerate(_list(suite["methods"], "methods", fail))
     ]
     _check_unique_labels(methods, fail)
     runs = []
     for i, task_raw in enumerate(_list(suite["tasks"], "tasks", fail)):
         key = f"tasks[{i}]"
-        _, task_entry = _entry(task_raw, key, TASKS, fail)
+        _, task_entry = _entry(task_raw, key, TASKS, ENTRY_KEYS, fail)
         for task_spec in _expand(task_entry, relabel=False):
             task = _construct(TASKS, task_spec, (), key, fail)
             base_train = {**task.train_defaults, **suite_train, **task_entry.get("train", {})}
             for m_key, method_entry in methods:
-                for method_spec in _expand(method_entry, relabel=True):
-                    _construct(METHODS, method_spec, (task.num_tasks,), m_key, fail)
+                for method_spec in _expand(method_entry, relabel=True, num_tasks=task.num_tasks):
+                    _construct_method(method_spec, task.num_tasks, m_key, fail)
                     train_raw = {**base_train, **method_entry.get("train", {}), **(overrides or {})}
                     train = _train_spec(train_raw, f"{key}/{m_key}.train", fail)
                     runs += [RunSpec(name, task_spec, method_spec, s, train, plugins) for s in seeds]
@@ -164,10 +168,12 @@ def _plugins(value: Any, source: Path | None, fail: Fail) -> tuple[str, ...]:
     return tuple(paths)
 
 
-def _entry(raw: Any, key: str, registry: Registry[type], fail: Fail) -> tuple[str, dict[str, Any]]:
+def _entry(
+    raw: Any, key: str, registry: Registry[type], allowed: tuple[str, ...], fail: Fail
+) -> tuple[str, dict[str, Any]]:
     """A task or method entry as a dict with a known ``name``; a bare string is ``{name: ...}``."""
     entry = {"name": raw} if isinstance(raw, str) else _mapping(raw, key, fail)
-    _check_keys(entry, ENTRY_KEYS, key, fail)
+    _check_keys(entry, allowed, key, fail)
     if "name" not in entry:
         fail(key, "missing 'name'")
     try:
@@ -186,23 +192,52 @@ def _entry(raw: Any, key: str, registry: Registry[type], fail: Fail) -> tuple[st
     return key, entry
 
 
+def _method_entry(raw: Any, key: str, fail: Fail) -> tuple[str, dict[str, Any]]:
+    """A method entry; its optional ``weighting`` (a name or ``{name, params}``) is checked to be a
+    method with task weights and stored as a PluginSpec."""
+    key, entry = _entry(raw, key, METHODS, METHOD_KEYS, fail)
+    if "weighting" not in entry:
+        return key, entry
+    w_key = f"{key}.weighting"
+    _, weighting = _entry(entry["weighting"], w_key, METHODS, ("name", "params"), fail)
+    if not issubclass(METHODS.get(weighting["name"]), WeightedMethod):
+        weightings = ", ".join(n for n in METHODS.names() if issubclass(METHODS.get(n), WeightedMethod))
+        fail(f"{w_key}.name", f"{weighting['name']!r} gives no task weights; weightings: {weightings}")
+    spec = PluginSpec(weighting["name"], dict(weighting.get("params", {})))
+    return key, {**entry, "weighting": spec}
+
+
 def _takes_kwargs(cls: type) -> bool:
     params = inspect.signature(cls.__init__).parameters.values()
     return any(p.kind is p.VAR_KEYWORD for p in params)
 
 
-def _expand(entry: Mapping[str, Any], relabel: bool) -> list[PluginSpec]:
-    """One spec per combination of the entry's grid; with ``relabel``, a label per combination."""
-    grid = entry.get("grid", {})
-    base_label = entry.get("label") or entry["name"]
+def _expand(entry: Mapping[str, Any], relabel: bool, num_tasks: int | None = None) -> list[PluginSpec]:
+    """One spec per combination of the entry's grid; with ``relabel``, a label per combination.
+
+    For a method (``num_tasks`` given) the grid starts from ``Method.default_grid`` for the keys the
+    entry sets neither in ``params`` nor in ``grid``.
+    """
+    params = entry.get("params", {})
+    grid = dict(entry.get("grid", {}))
+    if num_tasks is not None:
+        defaults = METHODS.get(entry["name"]).default_grid(num_tasks)
+        grid = {**{k: v for k, v in defaults.items() if k not in params}, **grid}
+    base_label = _label(entry)
     specs = []
     for values in itertools.product(*grid.values()):
         combo = dict(zip(grid, values, strict=True))
         label = base_label
         if relabel and combo:
             label += "(" + ", ".join(f"{k}={v}" for k, v in combo.items()) + ")"
-        specs.append(PluginSpec(entry["name"], {**entry.get("params", {}), **combo}, str(label)))
+        specs.append(PluginSpec(entry["name"], {**params, **combo}, str(label), entry.get("weighting")))
     return specs
+
+
+def _label(entry: Mapping[str, Any]) -> str:
+    """The entry's label; by default its name, prefixed by its weighting's (``gradnorm+graddrop``)."""
+    weighting = entry.get("weighting")
+    return str(entry.get("label") or (f"{weighting.name}+" if weighting else "") + entry["name"])
 
 
 def _construct(
@@ -215,10 +250,19 @@ def _construct(
         fail(key, f"{registry.kind} {spec.name!r} with {spec.params}: {err}")
 
 
+def _construct_method(spec: PluginSpec, num_tasks: int, key: str, fail: Fail) -> None:
+    """Build the method (composed with its weighting) once, so a bad value fails here."""
+    try:
+        build_method(spec, num_tasks)
+    except Exception as err:
+        what = f"{spec.weighting.name!r} + " if spec.weighting else ""
+        fail(key, f"method {what}{spec.name!r} with {spec.params}: {err}")
+
+
 def _check_unique_labels(methods: list[tuple[str, dict[str, Any]]], fail: Fail) -> None:
     seen: dict[str, str] = {}
     for key, entry in methods:
-        label = entry.get("label") or entry["name"]
+        label = _label(entry)
         if label in seen and not entry.get("grid"):
             fail(f"{key}.label", f"label {label!r} is already used by {seen[label]}; give one a 'label'")
         seen[label] = key

@@ -7,7 +7,9 @@
 - ``param`` level: the method sees the Jacobian of the T losses w.r.t. the shared (trunk) parameters,
   ``[T, P]``, from a loop of ``autograd.grad`` calls (``"loop"``) or one call with
   ``is_grads_batched`` (``"batched"``); :func:`choose_strategy` picks between them by measuring.
-  Cost: about T backwards, plus one through the heads alone for their gradients.
+  Cost: about T backwards, plus one through the heads alone for their gradients. Methods that need a
+  second, independent mini-batch (``Method.batches_per_step == 2``) also get its Jacobian, in
+  ``ctx.extra_grads``.
 
 Heads receive the gradient of the (summed, for gradient methods) losses: each head its own task's,
 computed the same way whatever the strategy.
@@ -72,18 +74,23 @@ def backward_step(
     method: Method,
     ctx: StepContext,
     strategy: str = "loop",
+    extra_batch: Batch | None = None,
 ) -> Tensor:
     """Forward ``batch``, combine the per-task gradients with ``method`` and set every ``.grad``.
 
     ``ctx`` supplies the step, generator and level; its losses and activation are filled in here.
-    ``strategy`` (``"loop"`` or ``"batched"``) computes the param-level Jacobian. Gradients are
-    assigned to parameters whose ``.grad`` is ``None``. Returns the detached losses ``[T]``.
+    ``strategy`` (``"loop"`` or ``"batched"``) computes the param-level Jacobian. ``extra_batch``, at the
+    param level, gives ``ctx.extra_grads``. Gradients are assigned to parameters whose ``.grad`` is
+    ``None``. Returns the detached losses ``[T]``.
     """
     z = model.trunk(batch.inputs)
     if not method.needs_grads:
         return _weighted_backward(model, task, batch, method, ctx, z)
     if ctx.level == "feature":
         return _feature_backward(model, task, batch, method, ctx, z)
+    if extra_batch is not None:
+        extra_losses = task.losses(model(extra_batch.inputs), extra_batch)
+        ctx.extra_grads = jacobian(extra_losses, model.shared_parameters(), strategy).detach()
     return _param_backward(model, task, batch, method, ctx, z, strategy)
 
 

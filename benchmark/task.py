@@ -116,6 +116,11 @@ class Task:
         """An endless stream of training batches drawn with ``generator``."""
         raise NotImplementedError
 
+    def steps_per_epoch(self, batch_size: int | None) -> int:
+        """Training steps per pass over the training data (``ctx.epoch`` counts these); 1 for tasks
+        without a finite training set, such as the toys."""
+        return 1
+
     def losses(self, outputs: list[Tensor], batch: Batch) -> Tensor:
         """The T task losses ``[T]`` for the heads' ``outputs`` on ``batch``; loss i reads
         ``outputs[i]`` only."""

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from benchmark.gradients import backward_step, choose_strategy, jacobian
-from benchmark.method import StepContext, get_method
+from benchmark.method import StepContext, build_method
 from benchmark.registry import load_plugin
 from benchmark.specs import RunSpec, TrainSpec
 from benchmark.task import Batch, get_task
@@ -72,8 +72,12 @@ class Trainer:
         seed_everything(spec.seed)
         self.task = get_task(spec.task.name, **spec.task.params)
         self.model = self.task.build_model().to(self.device)
-        self.method = get_method(spec.method.name, self.task.num_tasks, **spec.method.params).to(self.device)
+        self.method = build_method(spec.method, self.task.num_tasks).to(self.device)
         self.level = cfg.level or self.method.level
+        self.steps_per_epoch = self.task.steps_per_epoch(cfg.batch_size)
+        self.two_batches = (  # a second batch per step, for its gradients at the param level
+            self.method.batches_per_step > 1 and self.method.needs_grads and self.level == "param"
+        )
         self.optimizer = make_optimizer(list(self.model.parameters()), cfg, cfg.lr)
         self.scheduler = make_scheduler(self.optimizer, cfg)
         method_params = [p for p in self.method.parameters() if p.requires_grad]
@@ -114,7 +118,9 @@ class Trainer:
                     break
             if step == cfg.steps:
                 break
-            loss_sum += self._step(next(batches), step, strategy)
+            batch = next(batches)
+            extra = next(batches) if self.two_batches else None
+            loss_sum += self._step(batch, step, strategy, extra)
         result.timings.update(
             step_ms_mean=train_s / max(last_eval, 1) * 1e3,
             step_ms_median=statistics.median(interval_ms) if interval_ms else math.nan,
@@ -123,16 +129,21 @@ class Trainer:
         )
         return result
 
-    def _step(self, batch: Batch, step: int, strategy: str) -> Tensor:
+    def _step(self, batch: Batch, step: int, strategy: str, extra: Batch | None = None) -> Tensor:
+        """One optimisation step on ``batch`` (``extra``: the second batch of a two-batch method)."""
         self.optimizer.zero_grad(set_to_none=True)
         if self.method_optimizer is not None:
             self.method_optimizer.zero_grad(set_to_none=True)
-        ctx = StepContext(step=step, generator=self.method_generator, level=self.level)
-        losses = backward_step(self.model, self.task, batch, self.method, ctx, strategy)
+        epoch = step // self.steps_per_epoch
+        ctx = StepContext(step=step, generator=self.method_generator, level=self.level, epoch=epoch)
+        losses = backward_step(self.model, self.task, batch, self.method, ctx, strategy, extra)
         if self.spec.train.clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.train.clip_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
+        if self.method.needs_losses_after_step:
+            with torch.no_grad():
+                self.method.losses_after_step(self.task.losses(self.model(batch.inputs), batch))
         if self.method_optimizer is not None:
             self.method_optimizer.step()
         return losses

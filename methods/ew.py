@@ -19,6 +19,8 @@ class EqualWeighting(WeightingMethod):
     description = "Equal weighting: minimise the sum of the task losses"
     citation = "Caruana 1997, Machine Learning"
     level = "param"
+    permutation_invariant = True
+    linear_under_scaling = True
 
     def weights(self, losses: Tensor, ctx: StepContext | None = None) -> Tensor:
         return losses.new_ones(self.num_tasks)

@@ -73,6 +73,7 @@ class GradDrop(Method):
     description = "Gradient sign dropout: per scalar, keep one gradient sign chosen by its purity"
     citation = "Chen et al. 2020, NeurIPS"
     level = "feature"
+    linear_under_scaling = True
 
     def __init__(
         self,
@@ -179,3 +180,26 @@ def _match_norm(update: Tensor, reference: Tensor) -> Tensor:
     norm = torch.linalg.vector_norm(update)
     scale = torch.where(norm > 0, torch.linalg.vector_norm(reference) / norm, torch.ones_like(norm))
     return update * scale
+
+
+@METHODS.register("random_graddrop")
+class RandomGradDrop(GradDrop):
+    """Random GradDrop, the control of Chen et al. 2020: :class:`GradDrop`
+    with ``k = 0``, so each scalar keeps the positive or the negative gradients with probability ½
+    whatever their purity. Same hyperparameters as ``graddrop`` (``k`` included, default 0)."""
+
+    description = "GradDrop with k = 0: keep a random sign per scalar, whatever its purity"
+    citation = "Chen et al. 2020, NeurIPS"
+
+    def __init__(
+        self,
+        num_tasks: int,
+        leak: float | list[float] = 0.0,
+        purity_fn: str = "linear",
+        k: float = 0.0,
+        input: str = "sign",
+        marginalize_batch: bool = False,
+        keep_gradnorm_constant: bool = False,
+        eps: float = 1e-7,
+    ) -> None:
+        super().__init__(num_tasks, leak, purity_fn, k, input, marginalize_batch, keep_gradnorm_constant, eps)

@@ -56,6 +56,7 @@ class PCGrad(Method):
     description = "Project each task gradient off the gradients it conflicts with, in random order"
     citation = "Yu et al. 2020, NeurIPS"
     level = "param"
+    linear_under_scaling = True
 
     def combine(self, grads: Tensor, ctx: StepContext | None = None) -> Tensor:
         self.check_grads(grads)

@@ -9,6 +9,7 @@ Sener & Koltun 2018 and FAMO, Liu et al. 2023).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cache, cached_property
 from types import MappingProxyType
@@ -148,13 +149,19 @@ class Digits(Task):
         heads = [nn.Sequential(nn.Linear(self.hidden, 1), nn.Flatten(0)) for _ in self.task_names]
         return MultiTaskModel(trunk, heads)
 
+    def steps_per_epoch(self, batch_size: int | None) -> int:
+        return math.ceil(len(self.data["train"][0]) / self._batch_size(batch_size))
+
     def train_batches(self, batch_size: int | None, generator: torch.Generator) -> Iterator[Batch]:
         """Shuffled epochs over the training split, without end; ``None`` means the whole split."""
         images, targets = self.data["train"]
-        size = len(images) if batch_size is None else _check_int("batch_size", batch_size, 1)
+        size = self._batch_size(batch_size)
         while True:
             for rows in torch.randperm(len(images), generator=generator).split(size):
                 yield Batch(images[rows], targets[rows])
+
+    def _batch_size(self, batch_size: int | None) -> int:
+        return len(self.data["train"][0]) if batch_size is None else _check_int("batch_size", batch_size, 1)
 
     def losses(self, outputs: list[Tensor], batch: Batch) -> Tensor:
         logits = torch.stack(outputs, dim=1)

@@ -85,6 +85,19 @@ def test_seed_count() -> None:
         ({"seeds": [0, "one"]}, "seeds: expected a positive count or a list of integers"),
         ({"train": {"device": "gpu0"}}, "train.device: not a torch device: 'gpu0'"),
         ({"plugins": ["nowhere.py"]}, "plugins[0]: plugin file not found"),
+        (
+            {"methods": [{"name": "graddrop", "weighting": "pcgrad"}]},
+            "methods[0].weighting.name: 'pcgrad' gives no task weights; weightings: ",
+        ),
+        (
+            {"methods": [{"name": "graddrop", "weighting": "ewe"}]},
+            "methods[0].weighting.name: unknown method",
+        ),
+        (
+            {"methods": [{"name": "graddrop", "weighting": {"name": "fixed", "params": {"weights": [1]}}}]},
+            "methods[0]: method 'fixed' + 'graddrop' with {}: fixed: weights must be 3 finite numbers",
+        ),
+        ({"tasks": [{"name": "_linear", "weighting": "ew"}]}, "tasks[0].weighting: unknown key"),
     ],
 )
 def test_errors_name_the_key_and_the_value(changes: dict, message: str) -> None:
@@ -127,3 +140,20 @@ def test_load_suite_names_the_suite_after_the_file_and_resolves_plugins(tmp_path
     loaded = load_suite(path)
     assert loaded.name == "mysuite"
     assert loaded.runs[0].plugins == (str(plugin.resolve()),)
+
+
+def test_a_weighting_composes_with_a_method_under_one_label() -> None:
+    methods = [{"name": "graddrop", "weighting": {"name": "fixed", "params": {"weights": [1, 2, 3]}}}]
+    (run, *_) = parse_suite(suite(methods=methods)).runs
+    assert run.method.label == "fixed+graddrop"
+    assert run.method.weighting.name == "fixed" and run.method.weighting.params == {"weights": [1, 2, 3]}
+    plain = parse_suite(suite(methods=["graddrop"])).runs[0]
+    assert run.config_hash() != plain.config_hash()
+
+
+def test_a_method_default_grid_expands_into_one_run_per_task() -> None:
+    runs = parse_suite(suite(methods=["stl"], seeds=[0])).runs
+    assert [r.method.label for r in runs] == ["stl(task=0)", "stl(task=1)", "stl(task=2)"]
+    assert [r.method.params for r in runs] == [{"task": 0}, {"task": 1}, {"task": 2}]
+    pinned = parse_suite(suite(methods=[{"name": "stl", "params": {"task": 2}}], seeds=[0])).runs
+    assert [(r.method.label, r.method.params) for r in pinned] == [("stl", {"task": 2})]

@@ -143,3 +143,53 @@ def test_learnable_method_parameters_are_trained_by_their_own_optimizer(tmp_path
     assert trainer.method_optimizer.param_groups[0]["lr"] == 0.5
     assert trainer.train().status == "ok"
     assert trainer.method.logits.abs().sum() > 0  # moved from zero by its optimiser
+
+
+RECORDING_PLUGIN = '''
+from benchmark.method import Method
+from benchmark.registry import METHODS
+
+
+@METHODS.register("trainer_test_recording")
+class Recording(Method):
+    """The plain sum; records what the trainer hands it."""
+
+    batches_per_step = 2
+    needs_losses_after_step = True
+
+    def __init__(self, num_tasks):
+        super().__init__(num_tasks)
+        self.seen, self.after = [], []
+
+    def combine(self, grads, ctx=None):
+        extra = None if ctx.extra_grads is None else ctx.extra_grads.clone()
+        self.seen.append((ctx.step, ctx.epoch, grads.clone(), extra, ctx.losses.clone()))
+        return grads.sum(0)
+
+    def losses_after_step(self, losses):
+        self.after.append(losses.clone())
+'''
+
+
+@pytest.mark.parametrize("level", ["param", "feature"])
+def test_trainer_supplies_epochs_a_second_batch_and_the_losses_after_each_step(tmp_path, level) -> None:
+    plugin = tmp_path / "recording_plugin.py"
+    plugin.write_text(RECORDING_PLUGIN)
+    raw = {
+        "plugins": [str(plugin)],
+        "train": {"steps": 3, "eval_every": 3, "level": level, "jacobian": "loop"},
+        "tasks": [{"name": "_linear"}],
+        "methods": ["trainer_test_recording"],
+    }
+    trainer = Trainer(parse_suite(raw).runs[0])
+    assert trainer.train().status == "ok"
+    seen = trainer.method.seen
+    assert [(step, epoch) for step, epoch, *_ in seen] == [(0, 0), (1, 1), (2, 2)]  # one step per epoch
+    for _, _, grads, extra, _ in seen:
+        if level == "feature":  # no second batch: feature gradients of two batches do not pair up
+            assert extra is None
+        else:  # the same T x P Jacobian shape, from another batch
+            assert extra.shape == grads.shape and not torch.equal(extra, grads)
+    assert len(trainer.method.after) == 3
+    for (*_, before), after in zip(seen, trainer.method.after, strict=True):
+        assert after.shape == before.shape and not torch.equal(after, before)  # same batch, moved model

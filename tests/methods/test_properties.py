@@ -1,6 +1,8 @@
-"""Properties every registered method must have, with its default hyperparameters.
+"""Properties every registered method must have, with its default hyperparameters, and the ones a
+method claims through its flags (``permutation_invariant``, ``linear_under_scaling``, ``non_conflicting``).
 
 Parametrised over ``METHODS.names()``: a new plugin in ``methods/`` is checked here with no edits.
+Every check builds a fresh method, so stateful methods are tested from their first step.
 """
 
 from __future__ import annotations
@@ -37,6 +39,35 @@ def make_ctx(num_tasks: int, dtype: torch.dtype, seed: int = 0, **fields: object
 
 def build(name: str, num_tasks: int = T) -> Method:
     return get_method(name, num_tasks=num_tasks)
+
+
+def claiming(flag: str) -> list[str]:
+    return [n for n in NAMES if getattr(METHODS.get(n), flag)]
+
+
+def update_of(name: str, grads: Tensor, seed: int = 0, losses: Tensor | None = None) -> Tensor:
+    """The first update of a fresh method, with a full context (``losses`` replaces the random ones)."""
+    ctx = make_ctx(grads.shape[0], grads.dtype, seed)
+    if losses is not None:
+        ctx.losses = losses
+    return build(name, grads.shape[0]).combine(grads, ctx)
+
+
+def conflicting_matrices() -> list[Tensor]:
+    """Random matrices with conflicts: more parameters than tasks, fewer, and one task per direction."""
+    return [
+        sample_grads(4, 7, seed=1),
+        sample_grads(6, 3, seed=2),
+        sample_grads(2, 2, seed=3),
+        sample_grads(5, 40, seed=4),
+    ]
+
+
+def assert_no_conflict(grads: Tensor, update: Tensor) -> None:
+    """``J @ update >= 0`` up to float64 rounding relative to the norms involved."""
+    dots = grads @ update
+    tolerance = 1e-9 * grads.norm(dim=1) * update.norm() + 1e-12
+    assert (dots >= -tolerance).all(), f"J @ update = {dots.tolist()}"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -121,3 +152,60 @@ def test_finite_update_for_any_gradient_matrix(name: str, grads: np.ndarray) -> 
     num_tasks = matrix.shape[0]
     update = build(name, num_tasks).combine(matrix, make_ctx(num_tasks, torch.float64))
     assert update.shape == matrix.shape[1:] and torch.isfinite(update).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_identical_gradients_are_not_opposed(name: str) -> None:
+    """Every task wants the same step: the update may shrink or drop parts of it, never oppose it."""
+    grads = sample_grads(7).repeat(T, 1)
+    update = update_of(name, grads)
+    assert torch.isfinite(update).all()
+    assert_no_conflict(grads, update)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_exactly_opposite_gradients(name: str) -> None:
+    row = sample_grads(7)
+    update = update_of(name, torch.stack([row, -row]))
+    assert torch.isfinite(update).all()
+    if METHODS.get(name).non_conflicting:  # no direction helps one without hurting the other
+        torch.testing.assert_close(update, torch.zeros_like(update), rtol=0, atol=1e-9 * row.norm())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_orthogonal_gradients_do_not_conflict(name: str) -> None:
+    """Rows with disjoint supports: nothing conflicts, so no method may make a task worse."""
+    grads = torch.zeros(T, 2 * T, dtype=torch.float64)
+    for i in range(T):
+        grads[i, 2 * i : 2 * i + 2] = sample_grads(2, seed=i) * 10.0**i
+    assert_no_conflict(grads, update_of(name, grads))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_non_zero_update_away_from_pareto_stationarity(name: str) -> None:
+    """Full row rank: no convex combination of the gradients vanishes, so there is a common descent."""
+    grads = sample_grads(T, 7, seed=5)
+    assert update_of(name, grads).norm() > 0
+
+
+@pytest.mark.parametrize("name", claiming("permutation_invariant"))
+@pytest.mark.parametrize("grads", conflicting_matrices(), ids=lambda g: "x".join(map(str, g.shape)))
+def test_permutation_invariance(name: str, grads: Tensor) -> None:
+    losses = torch.rand(grads.shape[0], generator=torch.Generator().manual_seed(0), dtype=grads.dtype) + 0.5
+    order = torch.randperm(grads.shape[0], generator=torch.Generator().manual_seed(1))
+    expected = update_of(name, grads, losses=losses)
+    torch.testing.assert_close(update_of(name, grads[order], losses=losses[order]), expected)
+
+
+@pytest.mark.parametrize("name", claiming("linear_under_scaling"))
+@pytest.mark.parametrize("scale", [0.5, 3.0, 1e3])
+def test_linear_under_scaling(name: str, scale: float) -> None:
+    for grads in conflicting_matrices():
+        expected = scale * update_of(name, grads)
+        torch.testing.assert_close(update_of(name, scale * grads), expected)
+
+
+@pytest.mark.parametrize("name", claiming("non_conflicting"))
+@pytest.mark.parametrize("grads", conflicting_matrices(), ids=lambda g: "x".join(map(str, g.shape)))
+def test_non_conflicting(name: str, grads: Tensor) -> None:
+    assert_no_conflict(grads, update_of(name, grads))

@@ -85,7 +85,7 @@ def test_train_batches_cover_each_epoch_once_and_repeat_with_the_seed():
 
     def first_epoch(seed: int) -> torch.Tensor:
         batches = task.train_batches(128, torch.Generator().manual_seed(seed))
-        return torch.cat([next(batches).inputs for _ in range(9)])  # ceil(1077 / 128) = 9
+        return torch.cat([next(batches).inputs for _ in range(task.steps_per_epoch(128))])
 
     epoch = first_epoch(0)
     assert epoch.shape == images.shape
@@ -93,6 +93,7 @@ def test_train_batches_cover_each_epoch_once_and_repeat_with_the_seed():
     assert torch.equal(epoch, first_epoch(0)) and not torch.equal(epoch, first_epoch(1))
     whole = next(task.train_batches(None, torch.Generator()))
     assert len(whole.inputs) == 1077
+    assert (task.steps_per_epoch(128), task.steps_per_epoch(None)) == (9, 1)  # ceil(1077 / 128) = 9
 
 
 @pytest.mark.parametrize("split", ["val", "test"])
