@@ -4,6 +4,7 @@ python run_all.py                               # run configs/quick.yaml, then w
 python run_all.py run --suite configs/toy2d.yaml [--executor processes] [--device cuda]
 python run_all.py report [--suite quick]        # reports from what the store holds
 python run_all.py list [methods|tasks] [PATTERN]
+python run_all.py perf [--params 100000 1000000] [PATTERN]   # aggregation cost per method vs the floor
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from benchmark.config import ConfigError, load_suite
+from benchmark.perf import aggregation_costs, cost_table
 from benchmark.registry import METHODS, TASKS, load_plugin
 from benchmark.report import write_report
 from benchmark.store import ResultsStore, StoreError
@@ -70,6 +74,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     lister.add_argument("pattern", nargs="?", default="*", help="shell-style name filter")
     lister.set_defaults(handler=cmd_list)
 
+    perf = sub.add_parser("perf", parents=[common], help="time every method's combine against the floor")
+    perf.add_argument("pattern", nargs="?", default="*", help="shell-style method filter")
+    perf.add_argument("--tasks", type=int, default=40, help="T, rows of the gradient matrix")
+    perf.add_argument("--params", type=int, nargs="+", default=[100_000, 1_000_000], help="P values")
+    perf.add_argument("--repeats", type=int, default=7, help="timed calls per method (median)")
+    perf.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    perf.add_argument("--output", type=Path, help="also write the Markdown table here")
+    perf.set_defaults(handler=cmd_perf)
+
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["run", *argv]  # no command: options belong to the default one
     return parser.parse_args(argv)
@@ -98,6 +111,19 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(_table("methods", METHODS, args.pattern, ("level", "citation")))
     if args.kind in ("tasks", "all"):
         print(_table("tasks", TASKS, args.pattern, ()))
+    return 0
+
+
+def cmd_perf(args: argparse.Namespace) -> int:
+    names = METHODS.names(args.pattern)
+    if not names:
+        raise ValueError(f"no method matches {args.pattern!r}")
+    torch.set_num_threads(args.threads)
+    log.info("timing %d methods at T=%d, P=%s, %d threads", len(names), args.tasks, args.params, args.threads)
+    table = cost_table(aggregation_costs(names, args.tasks, args.params, args.repeats))
+    print(table)
+    if args.output:
+        args.output.write_text(table + "\n")
     return 0
 
 

@@ -68,6 +68,22 @@ def test_list_shows_methods_and_tasks_with_defaults(capsys: pytest.CaptureFixtur
     assert "k=1.0" in out and "variant='nashmtl'" in out
 
 
+def test_list_shows_at_least_34_methods(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_all.main(["list", "methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert len(lines) // 2 >= 34  # a description line and a defaults line per method
+
+
+def test_perf_tables_the_matching_methods(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "perf.md"
+    args = ["perf", "*grad", "--tasks", "3", "--params", "50", "--repeats", "1", "--output", str(output)]
+    assert run_all.main(args) == 0
+    out = capsys.readouterr().out
+    assert "| pcgrad |" in out and "| ew |" not in out
+    assert output.read_text() == out
+    assert run_all.main(["perf", "no_such_method"]) == 2
+
+
 def test_options_alone_run_the_default_command() -> None:
     assert run_all.parse_args(["--workers", "1"]).command == "run"
     assert run_all.parse_args([]).suite == run_all.DEFAULT_SUITE
