@@ -72,6 +72,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     lister = sub.add_parser("list", parents=[common], help="list methods and tasks with their defaults")
     lister.add_argument("kind", nargs="?", choices=("methods", "tasks", "all"), default="all")
     lister.add_argument("pattern", nargs="?", default="*", help="shell-style name filter")
+    lister.add_argument("--markdown", action="store_true", help="Markdown tables (as in the README)")
     lister.set_defaults(handler=cmd_list)
 
     perf = sub.add_parser("perf", parents=[common], help="time every method's combine against the floor")
@@ -107,10 +108,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    table = _markdown_table if args.markdown else _table
     if args.kind in ("methods", "all"):
-        print(_table("methods", METHODS, args.pattern, ("level", "citation")))
+        print(table("methods", METHODS, args.pattern, ("level", "citation")))
     if args.kind in ("tasks", "all"):
-        print(_table("tasks", TASKS, args.pattern, ()))
+        print(table("tasks", TASKS, args.pattern, ()))
     return 0
 
 
@@ -135,6 +137,17 @@ def _table(title: str, registry, pattern: str, columns: tuple[str, ...]) -> str:
         defaults = ", ".join(f"{k}={v!r}" for k, v in cls.defaults().items())
         lines.append(f"  {name:<18} {cls.description}{extra}")
         lines.append(f"  {'':<18} defaults: {defaults or '-'}")
+    return "\n".join(lines)
+
+
+def _markdown_table(title: str, registry, pattern: str, columns: tuple[str, ...]) -> str:
+    lines = [f"| key | what it does | {' | '.join(columns)}{' | ' if columns else ''}defaults |"]
+    lines.append("|---" * (len(columns) + 3) + "|")
+    for name in registry.names(pattern):
+        cls = registry.get(name)
+        cells = [f"`{name}`", cls.description, *(str(getattr(cls, c)) for c in columns)]
+        defaults = ", ".join(f"`{k}={v!r}`" for k, v in cls.defaults().items()) or "–"
+        lines.append("| " + " | ".join([*cells, defaults]) + " |")
     return "\n".join(lines)
 
 
