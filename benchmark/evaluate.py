@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 GROUP = ["task_label", "method_label"]
 ON_FRONT = "on_front"
+BASELINE = "ew"
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Evaluation:
             a nullable ``higher_is_better`` (NA: a diagnostic value, not a declared metric).
         summary: :func:`aggregate` of ``values``.
         ranks: :func:`ranks` of ``summary``.
+        delta_m: :func:`delta_m` of ``summary`` against equal weighting.
         counts: :func:`status_counts` of ``runs``.
     """
 
@@ -64,6 +66,7 @@ class Evaluation:
     summary: pd.DataFrame
     ranks: pd.DataFrame
     counts: pd.DataFrame
+    delta_m: pd.DataFrame
 
 
 def build_task(name: str, params: Mapping[str, Any]) -> Task:
@@ -178,6 +181,30 @@ def ranks(summary: pd.DataFrame) -> pd.DataFrame:
     return mean_rank.rename("rank").reset_index()
 
 
+def delta_m(summary: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
+    """Per task label, each method's Δm% against the ``baseline`` method label (Maninis et al. 2019;
+    the form of Navon et al. 2022): ``100/K Σₖ (−1)^{hₖ} (M_m,k − M_b,k) / M_b,k`` over the K declared
+    metrics, hₖ = 1 where higher is better, so lower is better and the baseline scores 0.
+
+    Defined only where the baseline is present and every declared metric's baseline mean is positive
+    (a relative change of a negative or zero value means nothing, as for the toys' losses).
+    """
+    scored = summary[summary["higher_is_better"].notna()]
+    rows = []
+    for label, task in scored.groupby("task_label", sort=False):
+        base = task[task["method_label"] == baseline].set_index("name")["mean"]
+        if base.empty or not (base > 0).all():
+            continue
+        for method, part in task.groupby("method_label", sort=False):
+            part = part.set_index("name")
+            if set(part.index) != set(base.index):
+                continue
+            sign = np.where(part["higher_is_better"].astype(bool), -1.0, 1.0)
+            change = sign * (part["mean"] - base[part.index]) / base[part.index]
+            rows.append((label, method, 100.0 * float(change.mean())))
+    return pd.DataFrame(rows, columns=[*GROUP, "delta_m"])
+
+
 def status_counts(runs: pd.DataFrame) -> pd.DataFrame:
     """Number of runs per task and method label (rows, in run order) and status (columns)."""
     counts = runs.groupby(GROUP, sort=False)["status"].value_counts().unstack(fill_value=0)
@@ -217,4 +244,4 @@ def evaluate(
     infos = run_infos(runs) if infos is None else dict(infos)
     values = evaluated_values(metrics, infos)
     summary = aggregate(values)
-    return Evaluation(runs, infos, values, summary, ranks(summary), status_counts(runs))
+    return Evaluation(runs, infos, values, summary, ranks(summary), status_counts(runs), delta_m(summary))

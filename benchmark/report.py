@@ -19,6 +19,7 @@ import pandas as pd
 
 from benchmark import plots
 from benchmark.evaluate import (
+    BASELINE,
     Evaluation,
     TaskInfo,
     build_task,
@@ -241,10 +242,12 @@ def results_table(label: str, ev: Evaluation) -> Table:
             row.append("—" if pd.isna(mean) else mean_std(mean, std, int(n)))
         if not pd.isna(directions[name]):
             bold |= {(i, j) for i in best_rows(list(means), bool(directions[name]))}
-    if len(ranks):
-        header.append("Mean rank")
-        for row, method in zip(rows, methods, strict=True):
-            row.append(fmt(ranks.get(method, float("nan"))))
+    deltas = ev.delta_m[ev.delta_m["task_label"] == label].set_index("method_label")["delta_m"]
+    for title, column in ((f"Δm% vs {BASELINE} ↓", deltas), ("Mean rank", ranks)):
+        if len(column):
+            header.append(title)
+            for row, method in zip(rows, methods, strict=True):
+                row.append(fmt(column.get(method, float("nan"))))
     return Table(header, rows, bold)
 
 

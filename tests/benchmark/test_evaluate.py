@@ -11,6 +11,7 @@ import pytest
 from benchmark.evaluate import (
     TaskInfo,
     aggregate,
+    delta_m,
     evaluate,
     evaluated_values,
     front_counts,
@@ -152,6 +153,22 @@ def test_ranks_respect_directions() -> None:
     )
     result = ranks(summary).set_index("method_label")["rank"].to_dict()
     assert result == {"a": 1.5, "b": 1.5, "c": 3.0}
+
+
+def test_delta_m_against_equal_weighting_by_hand() -> None:
+    summary = pd.DataFrame(
+        {
+            "task_label": ["t"] * 6 + ["toy"] * 2,
+            "method_label": ["ew", "ew", "m", "m", "n", "n", "ew", "m"],
+            "name": ["acc", "loss", "acc", "loss", "acc", "diag", "loss", "loss"],
+            "mean": [0.5, 2.0, 0.6, 3.0, 0.7, 1.0, -20.0, -21.0],
+            "higher_is_better": pd.array([True, False, True, False, True, pd.NA, False, False], "boolean"),
+        }
+    )
+    result = delta_m(summary).set_index(["task_label", "method_label"])["delta_m"].to_dict()
+    # m: accuracy +20 % (better: −20), loss +50 % (worse: +50) -> mean +15; n lacks the loss: left out
+    assert result == pytest.approx({("t", "ew"): 0.0, ("t", "m"): 15.0})
+    assert delta_m(summary, baseline="absent").empty  # and the toy's negative losses give no Δm%
 
 
 def test_front_counts_and_trajectories() -> None:

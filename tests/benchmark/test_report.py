@@ -85,8 +85,8 @@ def toy_run(method: str, start: tuple[float, float], end: tuple[float, float], o
 def store(tmp_path: Path) -> ResultsStore:
     store = ResultsStore(tmp_path / "results.db")
     results = [
-        classifier_run("EW", 0, 0.85, 0.5),
-        classifier_run("EW", 1, 0.90, 0.7),
+        classifier_run("ew", 0, 0.85, 0.5),
+        classifier_run("ew", 1, 0.90, 0.7),
         classifier_run("PCGrad", 0, 0.60, 0.2),
         classifier_run("PCGrad", 1, 0.70, 0.3),
         RunResult(spec("_fake_report_task", "PCGrad", 2), "failed", error="Traceback\nValueError: exploded"),
@@ -107,8 +107,11 @@ def test_report_tables_plots_and_failures(store: ResultsStore, tmp_path: Path) -
 
     assert page == tmp_path / "report" / "index.html"
     assert "9 runs: 8 ok, 0 diverged, 1 failed." in markdown
-    assert "| EW | 2 | **0.875 ± 0.03536 (2)** | 0.6 ± 0.1414 (2) | 1.5 |" in markdown
-    assert "| PCGrad | 2 ok, 1 failed | 0.65 ± 0.07071 (2) | **0.25 ± 0.07071 (2)** | 1.5 |" in markdown
+    assert "| Method | Runs | acc ↑ | loss ↓ | Δm% vs ew ↓ | Mean rank |" in markdown
+    assert "| ew | 2 | **0.875 ± 0.03536 (2)** | 0.6 ± 0.1414 (2) | 0 | 1.5 |" in markdown
+    # Δm%: accuracy 25.71 % worse, loss 58.33 % better -> −16.31
+    pcgrad = "| PCGrad | 2 ok, 1 failed | 0.65 ± 0.07071 (2) | **0.25 ± 0.07071 (2)** | -16.31 | 1.5 |"
+    assert pcgrad in markdown
     assert "<b>0.875 ± 0.03536 (2)</b>" in html
     assert "PCGrad / seed 2: failed: ValueError: exploded" in markdown
     assert "MGDA: 2 of 2 runs ended on the Pareto front" in markdown
