@@ -77,6 +77,8 @@ class Method(nn.Module):
         batches_per_step: 2 for methods that need gradients on a second, independent mini-batch
             (``ctx.extra_grads``, param level only).
         needs_losses_after_step: whether the trainer calls :meth:`losses_after_step` (FAMO).
+        default_method_lr: the learning rate of the method's own parameters unless the suite sets
+            ``method_lr`` (``None``: the model's ``lr``).
 
     Properties a method claims, checked for it by the shared property tests:
         permutation_invariant: permuting the tasks (gradients and losses) leaves the update unchanged.
@@ -91,6 +93,7 @@ class Method(nn.Module):
     uses_activation: ClassVar[bool] = False
     batches_per_step: ClassVar[int] = 1
     needs_losses_after_step: ClassVar[bool] = False
+    default_method_lr: ClassVar[float | None] = None
     permutation_invariant: ClassVar[bool] = False
     linear_under_scaling: ClassVar[bool] = False
     non_conflicting: ClassVar[bool] = False

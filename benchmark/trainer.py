@@ -82,10 +82,16 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, cfg)
         method_params = [p for p in self.method.parameters() if p.requires_grad]
         self.method_optimizer = (
-            make_optimizer(method_params, cfg, cfg.method_lr or cfg.lr) if method_params else None
+            make_optimizer(method_params, cfg, self.method_lr) if method_params else None
         )
         self.data_generator = torch.Generator().manual_seed(spec.seed)
         self.method_generator = torch.Generator(self.device).manual_seed(spec.seed)
+
+    @property
+    def method_lr(self) -> float:
+        """The suite's ``method_lr``, else the method's own default, else the model's ``lr``."""
+        cfg = self.spec.train
+        return cfg.method_lr or self.method.default_method_lr or cfg.lr
 
     def train(self, progress: bool = False) -> RunResult:
         cfg, result = self.spec.train, RunResult(self.spec, "ok")

@@ -193,3 +193,12 @@ def test_trainer_supplies_epochs_a_second_batch_and_the_losses_after_each_step(t
     assert len(trainer.method.after) == 3
     for (*_, before), after in zip(seen, trainer.method.after, strict=True):
         assert after.shape == before.shape and not torch.equal(after, before)  # same batch, moved model
+
+
+def test_method_learning_rate_defaults_to_the_method_own_then_the_suite_wins() -> None:
+    def method_lr(**train) -> float:
+        raw = {"train": {"steps": 1, **train}, "tasks": [{"name": "_linear"}], "methods": ["famo"]}
+        return Trainer(parse_suite(raw).runs[0]).method_optimizer.param_groups[0]["lr"]
+
+    assert method_lr(lr=0.5) == 0.025  # FAMO's ξ learning rate from its paper
+    assert method_lr(lr=0.5, method_lr=0.1) == 0.1
