@@ -78,8 +78,8 @@ class Registry(Generic[T]):
 
 def unknown_name_message(kind: str, name: object, known: Any) -> str:
     """``unknown method 'pcgard' (did you mean 'pcgrad'?)``."""
-    close = difflib.get_close_matches(str(name), list(known), n=3, cutoff=0.5)
-    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown {kind} {name!r}{hint}"
 
 

@@ -124,10 +124,10 @@ def test_feature_level_shapes(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_seeded_generator_reproduces_the_update(name: str) -> None:
+    """Two fresh instances (stateful methods move on with every call) with equally seeded contexts."""
     grads = sample_grads(T, 7)
-    method = build(name)
-    first = method.combine(grads, make_ctx(T, torch.float64, seed=3))
-    second = method.combine(grads, make_ctx(T, torch.float64, seed=3))
+    first = build(name).combine(grads, make_ctx(T, torch.float64, seed=3))
+    second = build(name).combine(grads, make_ctx(T, torch.float64, seed=3))
     assert torch.equal(first, second)
 
 
