@@ -229,6 +229,11 @@ class Composed(Method):
             losses=None if ctx.losses is None else ctx.losses * w.to(ctx.losses.dtype),
             extra_grads=None if ctx.extra_grads is None else ctx.extra_grads * column,
         )
+        if isinstance(self.method, GramianMethod):  # the weighted Gramian, without weighted copies of J
+            matrix = grads.flatten(1)
+            gramian = (matrix @ matrix.T) * w[:, None] * w[None, :]
+            alpha = self.method.gramian_weights(gramian, inner).to(grads.dtype)
+            return ((alpha * w) @ matrix).view(grads.shape[1:])
         return self.method.combine(grads * column, inner)
 
     def losses_after_step(self, losses: Tensor) -> None:

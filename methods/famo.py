@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from benchmark.method import StepContext, WeightingMethod
 from benchmark.registry import METHODS
+from methods._vectors import task_vector
 
 
 @METHODS.register("famo")
@@ -56,7 +57,7 @@ class FAMO(WeightingMethod):
             raise ValueError(f"famo: eps must be a finite number > 0, got {eps!r}")
         self.gamma = float(gamma)
         self.eps = float(eps)
-        minimum = torch.tensor(_min_loss_values(min_losses, num_tasks), dtype=torch.float64)
+        minimum = task_vector("famo", "min_losses", min_losses, num_tasks, default=0.0)
         self.register_buffer("min_losses", minimum, persistent=False)
         self.logits = nn.Parameter(torch.zeros(num_tasks))
         self.prev_losses: Tensor | None = None
@@ -80,17 +81,3 @@ class FAMO(WeightingMethod):
         """``D = max(L − l*, 0) + ε``, ``[T]``."""
         minimum = self.min_losses.to(device=losses.device, dtype=losses.dtype)
         return (losses - minimum).clamp_min(0) + self.eps
-
-
-def _min_loss_values(min_losses: float | list[float], num_tasks: int) -> list[float]:
-    """``min_losses`` as ``num_tasks`` floats; ``ValueError`` unless they are finite numbers."""
-    raw = [min_losses] * num_tasks if isinstance(min_losses, int | float) else min_losses
-    try:
-        values = [float(v) for v in raw]
-    except (TypeError, ValueError):
-        values = []
-    if isinstance(min_losses, bool) or len(values) != num_tasks or not all(map(math.isfinite, values)):
-        raise ValueError(
-            f"famo: min_losses must be a finite number or {num_tasks} of them, got {min_losses!r}"
-        )
-    return values

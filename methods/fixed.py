@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
-import torch
 from torch import Tensor
 
 from benchmark.method import StepContext, WeightingMethod
 from benchmark.registry import METHODS
+from methods._vectors import task_vector
 
 
 @METHODS.register("fixed")
@@ -19,7 +17,8 @@ class FixedWeighting(WeightingMethod):
     for Deep Multi-Task Learning") and Xin et al. 2022 found to match most multi-task optimisers.
 
     Args:
-        weights: one finite weight per task; ``None`` (default) means ``ones(T)``, i.e. equal weighting.
+        weights: one finite weight per task, or one number for all; ``None`` (default) means ``ones(T)``,
+            i.e. equal weighting.
     """
 
     description = "Fixed, user-given loss weights (tuned linear scalarisation)"
@@ -29,21 +28,8 @@ class FixedWeighting(WeightingMethod):
 
     def __init__(self, num_tasks: int, weights: list[float] | None = None) -> None:
         super().__init__(num_tasks)
-        values = _weight_values(weights, num_tasks)
-        self.register_buffer("fixed_weights", torch.tensor(values, dtype=torch.float64), persistent=False)
+        values = task_vector("fixed", "weights", weights, num_tasks, default=1.0)
+        self.register_buffer("fixed_weights", values, persistent=False)
 
     def weights(self, losses: Tensor, ctx: StepContext | None = None) -> Tensor:
         return self.fixed_weights.to(device=losses.device, dtype=losses.dtype)
-
-
-def _weight_values(weights: list[float] | None, num_tasks: int) -> list[float]:
-    """The weights as floats; ``ValueError`` unless there are ``num_tasks`` finite numbers."""
-    if weights is None:
-        return [1.0] * num_tasks
-    try:
-        values = [float(w) for w in weights]
-    except (TypeError, ValueError):
-        values = []
-    if len(values) != num_tasks or not all(math.isfinite(v) for v in values):
-        raise ValueError(f"fixed: weights must be {num_tasks} finite numbers, got {weights!r}")
-    return values

@@ -1,0 +1,54 @@
+"""ConFIG: the conflict-free direction of equal cosine with every task gradient (Liu et al. 2025)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from benchmark.method import GramianMethod, StepContext
+from benchmark.registry import METHODS
+from methods._gramian import scale_free
+
+
+def config_weights(gramian: Tensor) -> Tensor:
+    """Weights ``w`` with ``Jᵀ w`` the ConFIG update, from ``G = J Jᵀ`` alone.
+
+    With ``D = diag(‖gᵢ‖)`` and unit rows ``U = D⁻¹ J``, the direction is ``x = U⁺ 1 = Jᵀ c`` with
+    ``c = D⁻¹ (U Uᵀ)⁺ 1`` (Moore-Penrose inverse of the unit Gramian ``D⁻¹ G D⁻¹``; a zero gradient
+    gets a zero row). The update ``(Σᵢ gᵢ · x̂) x̂``, ``x̂ = x / ‖x‖``, is then ``Jᵀ c (1ᵀ G c) / (cᵀ G c)``.
+    """
+    norms = gramian.diagonal().clamp_min(0).sqrt()
+    inverse_norms = torch.where(norms > 0, 1 / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
+    unit_gramian = gramian * inverse_norms[:, None] * inverse_norms[None, :]
+    unit_gramian.diagonal().copy_((norms > 0).to(gramian.dtype))  # exact ones for the unit rows
+    direction = inverse_norms * (torch.linalg.pinv(unit_gramian, hermitian=True) @ torch.ones_like(norms))
+    g_direction = gramian @ direction
+    squared_norm = direction @ g_direction  # ‖x‖²
+    return direction * g_direction.sum() / squared_norm.clamp_min(torch.finfo(norms.dtype).tiny)
+
+
+@METHODS.register("config")
+class ConFIG(GramianMethod):
+    """ConFIG, Liu et al. 2025, "ConFIG: Towards Conflict-free Training of Physics Informed Neural
+    Networks" (ICLR, https://arxiv.org/abs/2408.11104), Eq. 2: the update has the direction
+    ``x = U⁺ 1`` of equal cosine with every gradient (U the unit-normalised gradients, ``U⁺`` the
+    pseudo-inverse) and the length ``Σᵢ gᵢ · x̂``, the sum of the gradients' projections on it. Computed
+    from the T x T Gramian (:func:`config_weights`) instead of a pseudo-inverse of the ``[T, P]`` matrix.
+
+    With linearly independent gradients every ``gᵢ · x̂ > 0``: the update conflicts with no task (the
+    paper's claim). With dependent ones (T > P, or collinear gradients), ``U⁺ 1`` is only the
+    least-squares direction and may conflict, so the method does not claim ``non_conflicting``.
+
+    No hyperparameters (the paper's equal weights). Departures: the pseudo-inverse is taken on the unit
+    Gramian, so singular values of U below ``sqrt(T eps)`` of the largest are cut (TorchJD and the
+    authors cut those below ``P eps`` on U itself).
+    """
+
+    description = "Direction of equal cosine with all task gradients, scaled by their summed projections"
+    citation = "Liu et al. 2025, ICLR"
+    level = "param"
+    permutation_invariant = True
+    linear_under_scaling = True
+
+    def gramian_weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:
+        return config_weights(scale_free(gramian))
