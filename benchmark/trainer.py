@@ -81,9 +81,7 @@ class Trainer:
         self.optimizer = make_optimizer(list(self.model.parameters()), cfg, cfg.lr)
         self.scheduler = make_scheduler(self.optimizer, cfg)
         method_params = [p for p in self.method.parameters() if p.requires_grad]
-        self.method_optimizer = (
-            make_optimizer(method_params, cfg, self.method_lr) if method_params else None
-        )
+        self.method_optimizer = make_optimizer(method_params, cfg, self.method_lr) if method_params else None
         self.data_generator = torch.Generator().manual_seed(spec.seed)
         self.method_generator = torch.Generator(self.device).manual_seed(spec.seed)
 

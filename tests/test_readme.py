@@ -1,8 +1,11 @@
-"""The README's promises: its plugin example works as printed, and CI runs its test command."""
+"""The README's promises: its plugin example works as printed, CI runs its test command, and its
+methods table is what ``run_all.py list`` prints."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -36,3 +39,12 @@ def test_the_two_setup_commands_are_what_ci_runs() -> None:
     install, test = run_tests.split(" && ")
     assert install.replace("pip", "python -m pip", 1).split()[-1] in ci
     assert test in ci.splitlines()
+
+
+def test_methods_table_is_what_list_prints() -> None:
+    """In a fresh process: other tests register test-only methods in this one."""
+    table = re.search(r"<!-- methods table: begin -->\n(.*?)<!-- methods table: end -->", README, re.DOTALL)
+    assert table, "README lost its methods table markers"
+    command = [sys.executable, "run_all.py", "list", "methods", "--markdown"]
+    printed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert table.group(1) == printed, "regenerate: python run_all.py list methods --markdown"

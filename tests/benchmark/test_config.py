@@ -95,7 +95,7 @@ def test_seed_count() -> None:
         ),
         (
             {"methods": [{"name": "graddrop", "weighting": {"name": "fixed", "params": {"weights": [1]}}}]},
-            "methods[0]: method 'fixed' + 'graddrop' with {}: fixed: weights must be a finite number or 3 of them",
+            "method 'fixed' + 'graddrop' with {}: fixed: weights must be a finite number or 3 of them",
         ),
         ({"tasks": [{"name": "_linear", "weighting": "ew"}]}, "tasks[0].weighting: unknown key"),
     ],

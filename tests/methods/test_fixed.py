@@ -25,7 +25,10 @@ def test_weights_follow_the_losses_dtype() -> None:
     assert weights.dtype == torch.float64 and weights[0].item() == 0.1
 
 
-@pytest.mark.parametrize("weights", [[1.0], [1.0, 2.0, 3.0, 4.0], [1.0, float("inf"), 1.0], ["a", 1, 1], True])
+BAD_WEIGHTS = [[1.0], [1.0, 2.0, 3.0, 4.0], [1.0, float("inf"), 1.0], ["a", 1, 1], True]
+
+
+@pytest.mark.parametrize("weights", BAD_WEIGHTS)
 def test_bad_weights_raise(weights: object) -> None:
     with pytest.raises(ValueError, match="weights"):
         get_method("fixed", num_tasks=3, weights=weights)
