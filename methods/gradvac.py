@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from benchmark.method import Method, StepContext
+from benchmark.method import GramianMethod, StepContext
 from benchmark.registry import METHODS
 from methods._gramian import scale_free
 from methods.pcgrad import random_task_orders
@@ -66,7 +66,7 @@ def gradvac_weights(
 
 
 @METHODS.register("gradvac")
-class GradVac(Method):
+class GradVac(GramianMethod):
     """GradVac, Wang et al. 2021, "Gradient Vaccine: Investigating and Improving Multi-task Optimization
     in Massively Multilingual Models" (https://arxiv.org/abs/2010.05874), Algorithm 1 at the
     ``whole_model`` granularity.
@@ -103,14 +103,11 @@ class GradVac(Method):
         self.eps = float(eps)
         self.targets: Tensor | None = None  # φ̂ [T, T], on the gradients' device and dtype
 
-    def combine(self, grads: Tensor, ctx: StepContext | None = None) -> Tensor:
-        self.check_grads(grads)
-        ctx = ctx or StepContext()
-        matrix = grads.flatten(1)
-        gramian = scale_free(matrix @ matrix.T)
+    def gramian_weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:
+        gramian = scale_free(gramian)
         targets = self.targets
         if targets is None or targets.device != gramian.device or targets.dtype != gramian.dtype:
             targets = torch.zeros_like(gramian)
-        orders = random_task_orders(self.num_tasks, ctx.generator, grads.device)
+        orders = random_task_orders(self.num_tasks, ctx.generator, gramian.device)
         weights, self.targets = gradvac_weights(gramian, targets, orders, self.beta, self.eps)
-        return (weights @ matrix).view(grads.shape[1:])
+        return weights

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchmark.method import Method, StepContext
+from benchmark.method import GramianMethod, StepContext
 from benchmark.registry import METHODS
 from methods._gramian import scale_free
 
@@ -151,7 +151,7 @@ def _task_losses(losses: Tensor | None, gramian: Tensor, normalization: str) -> 
 
 
 @METHODS.register("mgda")
-class MGDA(Method):
+class MGDA(GramianMethod):
     """MGDA, Sener & Koltun 2018, "Multi-Task Learning as Multi-Objective Optimization"
     (https://arxiv.org/abs/1810.04650): the update is ``Σᵢ αᵢ gᵢ`` with α the min-norm point of the
     convex hull of the gradients (the paper's min-norm problem, on the T x T Gramian), found by Frank-Wolfe
@@ -176,7 +176,7 @@ class MGDA(Method):
     step and every 25 steps after, to avoid a host sync per step.
     """
 
-    description = "Min-norm point of the convex hull of the task gradients (Frank-Wolfe on the Gramian)"
+    description = "Min-norm point of the convex hull of the task gradients, solved on the Gramian"
     citation = "Sener & Koltun 2018, NeurIPS"
     level = "param"
     permutation_invariant = True
@@ -197,12 +197,7 @@ class MGDA(Method):
         self.max_iter = max_iter
         self.stop_crit = stop_crit
 
-    def combine(self, grads: Tensor, ctx: StepContext | None = None) -> Tensor:
-        self.check_grads(grads)
-        ctx = ctx or StepContext()
-        matrix = grads.flatten(1)
-        gramian = matrix @ matrix.T
+    def gramian_weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:
         divisors = gradient_normalizers(gramian, ctx.losses, self.normalization)
         normalized = scale_free(gramian / (divisors[:, None] * divisors[None, :]))
-        alpha = min_norm_weights(normalized, self.max_iter, self.stop_crit)
-        return (alpha @ matrix).view(grads.shape[1:])
+        return min_norm_weights(normalized, self.max_iter, self.stop_crit)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from benchmark.method import Method, StepContext
+from benchmark.method import GramianMethod, StepContext
 from benchmark.registry import METHODS
 from methods._gramian import scale_free
 
@@ -39,7 +39,7 @@ def pcgrad_weights(gramian: Tensor, orders: Tensor) -> Tensor:
 
 
 @METHODS.register("pcgrad")
-class PCGrad(Method):
+class PCGrad(GramianMethod):
     """PCGrad, Yu et al. 2020, "Gradient Surgery for Multi-Task Learning"
     (https://arxiv.org/abs/2001.06782), Algorithm 1.
 
@@ -58,10 +58,6 @@ class PCGrad(Method):
     level = "param"
     linear_under_scaling = True
 
-    def combine(self, grads: Tensor, ctx: StepContext | None = None) -> Tensor:
-        self.check_grads(grads)
-        ctx = ctx or StepContext()
-        matrix = grads.flatten(1)
-        orders = random_task_orders(self.num_tasks, ctx.generator, grads.device)
-        weights = pcgrad_weights(scale_free(matrix @ matrix.T), orders)
-        return (weights @ matrix).view(grads.shape[1:])
+    def gramian_weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:
+        orders = random_task_orders(self.num_tasks, ctx.generator, gramian.device)
+        return pcgrad_weights(scale_free(gramian), orders)

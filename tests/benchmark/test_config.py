@@ -86,8 +86,8 @@ def test_seed_count() -> None:
         ({"train": {"device": "gpu0"}}, "train.device: not a torch device: 'gpu0'"),
         ({"plugins": ["nowhere.py"]}, "plugins[0]: plugin file not found"),
         (
-            {"methods": [{"name": "graddrop", "weighting": "pcgrad"}]},
-            "methods[0].weighting.name: 'pcgrad' gives no task weights; weightings: ",
+            {"methods": [{"name": "graddrop", "weighting": "trimmed_mean"}]},
+            "methods[0].weighting.name: 'trimmed_mean' gives no task weights; weightings: ",
         ),
         (
             {"methods": [{"name": "graddrop", "weighting": "ewe"}]},
