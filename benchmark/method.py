@@ -224,10 +224,10 @@ class Composed(Method):
         ctx = ctx or StepContext()
         w = self.weighting.task_weights(grads, ctx).to(grads.dtype)
         column = w.view(-1, *[1] * (grads.dim() - 1))
-        inner = dataclasses.replace(
+        inner = dataclasses.replace(  # what the method sees: the weighted losses and second-batch gradients
             ctx,
             losses=None if ctx.losses is None else ctx.losses * w.to(ctx.losses.dtype),
-            extra_grads=None if ctx.extra_grads is None else ctx.extra_grads * column,
+            extra_grads=ctx.extra_grads * column if self.method.batches_per_step > 1 else None,
         )
         if isinstance(self.method, GramianMethod):  # the weighted Gramian, without weighted copies of J
             matrix = grads.flatten(1)

@@ -56,9 +56,10 @@ def method_cost(name: str, matrix: Tensor, extra: Tensor, repeats: int, warmup_s
     losses = torch.rand(num_tasks, generator=generator) + 0.5
 
     steps = iter(range(1 << 62))
+    second = extra if method.batches_per_step > 1 else None  # as the trainer fills it
 
     def step() -> Tensor:
-        ctx = StepContext(losses=losses, step=next(steps), generator=generator, extra_grads=extra)
+        ctx = StepContext(losses=losses, step=next(steps), generator=generator, extra_grads=second)
         with torch.no_grad():
             return method.combine(matrix, ctx)
 

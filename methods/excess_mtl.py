@@ -9,19 +9,16 @@ from torch import Tensor
 
 from benchmark.method import StepContext, WeightedMethod
 from benchmark.registry import METHODS
+from methods._blocks import column_blocks
 
 HESSIAN_EPS = 1e-7  # added to the summed squared gradients under the square root, as the authors do
-_BLOCK = 8192  # columns per block on the CPU, so that each block's temporaries stay in cache
 
 
 def accumulate_excess(squares: Tensor, grads: Tensor) -> Tensor:
     """Adds ``g²`` to ``squares`` (the AdaGrad sums, in place) and returns the excess risk estimates
     ``Eᵢ = Σₚ gᵢₚ² / √(squaresᵢₚ + ε)``, ``[T]``; by column blocks on the CPU, in one block elsewhere."""
-    columns = grads.shape[1]
-    block = _BLOCK if grads.device.type == "cpu" else max(columns, 1)
     parts = []
-    for start in range(0, max(columns, 1), block):
-        part = slice(start, start + block)
+    for part in column_blocks(grads.shape[1], grads.device):
         g = grads[:, part]
         summed = squares[:, part].addcmul_(g, g)
         parts.append(summed.add(HESSIAN_EPS).rsqrt_().mul_(g).mul_(g).sum(1))

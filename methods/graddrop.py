@@ -9,6 +9,7 @@ from torch import Tensor
 
 from benchmark.method import Method, StepContext
 from benchmark.registry import METHODS
+from methods._blocks import column_blocks
 
 PURITY_FNS = ("linear", "sigmoid")
 INPUTS = ("sign", "value", "none")
@@ -102,35 +103,44 @@ class GradDrop(Method):
     def combine(self, grads: Tensor, ctx: StepContext | None = None) -> Tensor:
         self.check_grads(grads)
         ctx = ctx or StepContext()
-        dropped = grads * self.dropped(grads, ctx)  # the dropped gradients, zeros elsewhere
-        drop_share = 1.0 - self.leak.to(device=grads.device, dtype=grads.dtype)
-        update = grads.sum(0) - torch.tensordot(drop_share, dropped, dims=1)  # Σᵢ (ℓᵢ + (1 − ℓᵢ)Mᵢ) ∇Lᵢ
+        update = self.batch_update(grads, ctx) if self.marginalize_batch else self.scalar_update(grads, ctx)
         return _match_norm(update, grads.sum(0)) if self.keep_gradnorm_constant else update
 
-    def dropped(self, grads: Tensor, ctx: StepContext) -> Tensor:
-        """Steps 1-4 as boolean masks ``1 − Mᵢ``: where each loss's gradient is dropped.
+    def scalar_update(self, grads: Tensor, ctx: StepContext) -> Tensor:
+        """Steps 1-6 per scalar, from four sums over the losses (no mask or signal tensor is built).
 
-        Without marginalisation the signal ``Gᵢ = ∇Lᵢ · s(A)`` is never built: s(A) is the same for every
-        loss, so ``Σᵢ Gᵢ = s(A) Σᵢ ∇Lᵢ``, ``Σᵢ |Gᵢ| = |s(A)| Σᵢ |∇Lᵢ|``, and Gᵢ has the wrong sign exactly
-        where ``∇Lᵢ · sign(s(A)) · kept_sign < 0``.
+        ``s(A)`` is the same for every loss, so ``Σᵢ Gᵢ = s(A) Σᵢ ∇Lᵢ`` and ``Σᵢ |Gᵢ| = |s(A)| Σᵢ |∇Lᵢ|``;
+        where the positive sign of G is kept, the dropped gradients are the ∇Lᵢ of sign opposite to
+        ``sign(s(A))``, whose (1 − ℓᵢ)-weighted sum is a clamped part of ``Σᵢ (1 − ℓᵢ) ∇Lᵢ``.
         """
+        share = 1.0 - self.leak.to(device=grads.device, dtype=grads.dtype)  # what a drop removes
+        sums, positive_sums = _row_sums(grads.flatten(1), torch.stack([torch.ones_like(share), share]))
+        (total, weighted), (positive, weighted_positive) = sums, positive_sums
         factor = self.input_factor(grads, ctx)
-        if self.marginalize_batch:
-            if ctx.level != "feature":
-                raise ValueError(
-                    f"graddrop: marginalize_batch=True needs feature-level gradients [T, B, ...] and "
-                    f"ctx.level='feature', got level {ctx.level!r}"
-                )
-            signal = (grads if factor is None else grads * factor).sum(1, keepdim=True)
-            kept_sign = self.kept_sign(signal.sum(0), signal.abs().sum(0), ctx.generator)
-            return signal * kept_sign < 0  # [T, 1, ...]: one mask per loss, tiled over the batch
-        total, total_abs = grads.sum(0), grads.abs().sum(0)
+        signal, signal_abs = total, 2 * positive - total  # Σᵢ Gᵢ and Σᵢ |Gᵢ| without s(A)
         if factor is not None:
-            total, total_abs = total * factor, total_abs * factor.abs()
-        kept_sign = self.kept_sign(total, total_abs, ctx.generator)
+            factor = factor.reshape(-1)
+            signal, signal_abs = signal * factor, signal_abs * factor.abs()
+        kept = self.kept_sign(signal, signal_abs, ctx.generator)  # the kept sign of G
         if factor is not None:
-            kept_sign = kept_sign * torch.sign(factor)
-        return grads * kept_sign < 0
+            kept = kept * torch.sign(factor)  # the kept sign of ∇L; 0 where s(A) = 0: nothing dropped
+        weighted_negative = weighted - weighted_positive
+        dropped = torch.where(kept > 0, weighted_negative, torch.where(kept < 0, weighted_positive, 0.0))
+        return (total - dropped).view(grads.shape[1:])
+
+    def batch_update(self, grads: Tensor, ctx: StepContext) -> Tensor:
+        """Steps 1-6 with the signal summed over the batch (dim 1): one mask per loss, tiled."""
+        if ctx.level != "feature":
+            raise ValueError(
+                f"graddrop: marginalize_batch=True needs feature-level gradients [T, B, ...] and "
+                f"ctx.level='feature', got level {ctx.level!r}"
+            )
+        factor = self.input_factor(grads, ctx)
+        signal = (grads if factor is None else grads * factor).sum(1, keepdim=True)
+        kept = self.kept_sign(signal.sum(0), signal.abs().sum(0), ctx.generator)
+        dropped = grads * (signal * kept < 0)  # the dropped gradients, zeros elsewhere
+        share = 1.0 - self.leak.to(device=grads.device, dtype=grads.dtype)
+        return grads.sum(0) - torch.tensordot(share, dropped, dims=1)  # Σᵢ (ℓᵢ + (1 − ℓᵢ)Mᵢ) ∇Lᵢ
 
     def input_factor(self, grads: Tensor, ctx: StepContext) -> Tensor | None:
         """Step 1's s(A), shaped like one loss's gradient; ``None`` stands for all ones."""
@@ -173,6 +183,17 @@ def _leak_tensor(leak: float | list[float], num_tasks: int) -> Tensor:
     if not valid:
         raise ValueError(f"graddrop: leak must be a float or {num_tasks} floats in [0, 1], got {leak!r}")
     return torch.tensor([float(v) for v in values], dtype=torch.float64)
+
+
+def _row_sums(matrix: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """``rows @ matrix`` and ``rows @ max(matrix, 0)``, each ``[R, P]``, by column blocks."""
+    sums = matrix.new_empty(rows.shape[0], matrix.shape[1])
+    positive_sums = torch.empty_like(sums)
+    for part in column_blocks(matrix.shape[1], matrix.device):
+        block = matrix[:, part]
+        torch.mm(rows, block, out=sums[:, part])
+        torch.mm(rows, block.clamp_min(0), out=positive_sums[:, part])
+    return sums, positive_sums
 
 
 def _match_norm(update: Tensor, reference: Tensor) -> Tensor:
