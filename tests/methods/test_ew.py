@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from benchmark.method import StepContext, get_method
@@ -16,3 +17,9 @@ def test_weights_are_ones() -> None:
     losses = torch.tensor([0.5, 2.0, 7.0])
     weights = get_method("ew", num_tasks=3).weights(losses, StepContext(losses=losses))
     assert torch.equal(weights, torch.ones(3))
+
+
+def test_matches_torchjd_sum() -> None:
+    aggregation = pytest.importorskip("torchjd.aggregation")
+    grads = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]], dtype=torch.float64)
+    torch.testing.assert_close(get_method("ew", num_tasks=2).combine(grads), aggregation.Sum()(grads))

@@ -32,3 +32,12 @@ BAD_WEIGHTS = [[1.0], [1.0, 2.0, 3.0, 4.0], [1.0, float("inf"), 1.0], ["a", 1, 1
 def test_bad_weights_raise(weights: object) -> None:
     with pytest.raises(ValueError, match="weights"):
         get_method("fixed", num_tasks=3, weights=weights)
+
+
+def test_matches_torchjd_constant() -> None:
+    aggregation = pytest.importorskip("torchjd.aggregation")
+    grads = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]], dtype=torch.float64)
+    weights = torch.tensor([0.25, 2.0], dtype=torch.float64)
+    expected = aggregation.Constant(weights)(grads)
+    update = get_method("fixed", num_tasks=2, weights=weights.tolist()).combine(grads)
+    torch.testing.assert_close(update, expected)

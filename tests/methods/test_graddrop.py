@@ -190,3 +190,17 @@ def test_matches_a_step_by_step_reference(
     ctx = StepContext(level="feature", activation=activation, generator=torch.Generator().manual_seed(1))
     expected = reference_graddrop(grads, activation, torch.Generator().manual_seed(1), **options)
     torch.testing.assert_close(method.combine(grads, ctx), expected)
+
+
+@pytest.mark.parametrize("leak", [0.0, [0.3, 0.0, 1.0, 0.5]])
+def test_matches_torchjd_graddrop_given_the_same_uniform_draws(leak: float | list[float]) -> None:
+    """TorchJD draws U from torch's global generator; seeding it like ours gives the same U. Their purity
+    has no ε, so ours is given a negligible one."""
+    aggregation = pytest.importorskip("torchjd.aggregation")
+    grads = torch.randn(4, 1000, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    leaks = torch.as_tensor(leak, dtype=torch.float64).expand(4).clone()
+    ours = get_method("graddrop", num_tasks=4, leak=leak, eps=1e-300)
+    update = ours.combine(grads, StepContext(generator=torch.Generator().manual_seed(5)))
+    torch.manual_seed(5)
+    expected = aggregation.GradDrop(leak=leaks)(grads)
+    torch.testing.assert_close(update, expected)

@@ -69,3 +69,12 @@ def test_random_task_orders_are_permutations_of_the_other_tasks() -> None:
 def test_zero_gradient_is_skipped() -> None:
     grads = torch.tensor([[1.0, 0.0], [-1.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
     torch.testing.assert_close(pcgrad(grads), torch.tensor([0.5, 1.5], dtype=torch.float64))
+
+
+def test_matches_torchjd_pcgrad_on_two_tasks() -> None:
+    """With two tasks every order is the same, so the random orders cannot differ."""
+    aggregation = pytest.importorskip("torchjd.aggregation")
+    for seed in range(5):
+        grads = torch.randn(2, 30, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        expected = aggregation.PCGrad()(grads)
+        torch.testing.assert_close(get_method("pcgrad", num_tasks=2).combine(grads), expected)
