@@ -207,6 +207,7 @@ class Composed(Method):
         self.uses_activation = method.uses_activation
         self.batches_per_step = max(weighting.batches_per_step, method.batches_per_step)
         self.needs_losses_after_step = weighting.needs_losses_after_step or method.needs_losses_after_step
+        self.default_method_lr = weighting.default_method_lr or method.default_method_lr
 
     @property
     def needs_grads(self) -> bool:
@@ -227,7 +228,7 @@ class Composed(Method):
         inner = dataclasses.replace(  # what the method sees: the weighted losses and second-batch gradients
             ctx,
             losses=None if ctx.losses is None else ctx.losses * w.to(ctx.losses.dtype),
-            extra_grads=ctx.extra_grads * column if self.method.batches_per_step > 1 else None,
+            extra_grads=None if ctx.extra_grads is None else ctx.extra_grads * column,
         )
         if isinstance(self.method, GramianMethod):  # the weighted Gramian, without weighted copies of J
             matrix = grads.flatten(1)

@@ -95,3 +95,15 @@ def test_composed_method_learnable_parts_are_its_parameters() -> None:
             self.scale = torch.nn.Parameter(torch.ones(()))
 
     assert len(list(Composed(Learnable(2), get_method("ew", 2)).parameters())) == 1
+
+
+def test_composition_passes_on_second_batches_and_the_learning_rate_and_after_step_hooks() -> None:
+    composed = Composed(get_method("famo", 2), get_method("sdmgrad", 2))
+    assert composed.batches_per_step == 2 and composed.needs_losses_after_step
+    assert composed.default_method_lr == 0.025
+    losses = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    for extra in (None, 2 * J):  # without a second batch (feature level, no trainer) and with one
+        update = composed.combine(J, StepContext(losses=losses, extra_grads=extra))
+        assert torch.isfinite(update).all()
+    composed.losses_after_step(losses / 2)
+    assert composed.weighting.logits.grad is not None
