@@ -7,24 +7,26 @@ from torch import Tensor
 
 from benchmark.method import GramianMethod, StepContext
 from benchmark.registry import METHODS
-from methods._gramian import scale_free
 
 
 def config_weights(gramian: Tensor) -> Tensor:
     """Weights ``w`` with ``Jᵀ w`` the ConFIG update, from ``G = J Jᵀ`` alone.
 
-    With ``D = diag(‖gᵢ‖)`` and unit rows ``U = D⁻¹ J``, the direction is ``x = U⁺ 1 = Jᵀ c`` with
-    ``c = D⁻¹ (U Uᵀ)⁺ 1`` (Moore-Penrose inverse of the unit Gramian ``D⁻¹ G D⁻¹``; a zero gradient
-    gets a zero row). The update ``(Σᵢ gᵢ · x̂) x̂``, ``x̂ = x / ‖x‖``, is then ``Jᵀ c (1ᵀ G c) / (cᵀ G c)``.
+    With ``D = diag(‖gᵢ‖)`` and unit rows ``U = D⁻¹ J`` (Gramian ``Ĝ = D⁻¹ G D⁻¹``), the direction is
+    ``x = U⁺ 1 = Jᵀ D⁻¹ c`` with ``c = Ĝ⁺ 1`` (a zero gradient gets a zero row). The update
+    ``(Σᵢ gᵢ · x̂) x̂``, ``x̂ = x / ‖x‖``, is then ``w = D⁻¹ c (‖g‖ᵀ Ĝ c) / (cᵀ Ĝ c)``: every product is
+    taken in the unit space, so gradients of very different sizes cannot overflow it.
     """
-    norms = gramian.diagonal().clamp_min(0).sqrt()
+    matrix = gramian.double()
+    norms = matrix.diagonal().clamp_min(0).sqrt()
     inverse_norms = torch.where(norms > 0, 1 / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
-    unit_gramian = gramian * inverse_norms[:, None] * inverse_norms[None, :]
-    unit_gramian.diagonal().copy_((norms > 0).to(gramian.dtype))  # exact ones for the unit rows
-    direction = inverse_norms * (torch.linalg.pinv(unit_gramian, hermitian=True) @ torch.ones_like(norms))
-    g_direction = gramian @ direction
-    squared_norm = direction @ g_direction  # ‖x‖²
-    return direction * g_direction.sum() / squared_norm.clamp_min(torch.finfo(norms.dtype).tiny)
+    unit_gramian = matrix * inverse_norms[:, None] * inverse_norms[None, :]
+    unit_gramian.diagonal().copy_((norms > 0).to(matrix.dtype))  # exact ones for the unit rows
+    unit_direction = torch.linalg.pinv(unit_gramian, hermitian=True) @ torch.ones_like(norms)
+    projected = unit_gramian @ unit_direction  # U x: each unit gradient's dot product with x
+    squared_norm = (unit_direction @ projected).clamp_min(torch.finfo(norms.dtype).tiny)  # ‖x‖²
+    weights = inverse_norms * unit_direction * (norms @ projected) / squared_norm
+    return weights.to(gramian.dtype)
 
 
 @METHODS.register("config")
@@ -51,4 +53,4 @@ class ConFIG(GramianMethod):
     linear_under_scaling = True
 
     def gramian_weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:
-        return config_weights(scale_free(gramian))
+        return config_weights(gramian)

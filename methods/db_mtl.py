@@ -24,8 +24,10 @@ def row_norms(matrix: Tensor) -> Tensor:
 
 
 def balanced_weights(norms: Tensor, largest: Tensor) -> Tensor:
-    """``largest / ‖ĝᵢ‖``: the weights that give every ĝᵢ the norm ``largest``; 0 where ``ĝᵢ = 0``."""
-    return torch.where(norms > 0, largest / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
+    """``largest / ‖ĝᵢ‖``: the weights that give every ĝᵢ the norm ``largest``; 0 where ``ĝᵢ = 0``.
+    A ratio beyond the dtype's range (norms 1e308 apart) is capped at its largest value."""
+    finfo = torch.finfo(norms.dtype)
+    return torch.where(norms > 0, (largest / norms.clamp_min(finfo.tiny)).clamp_max(finfo.max), 0.0)
 
 
 @METHODS.register("db_mtl")

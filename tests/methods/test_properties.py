@@ -138,7 +138,7 @@ def test_rejects_gradients_of_the_wrong_task_count(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)  # the same examples on every CI run
 @given(
     grads=arrays(
         np.float64,
