@@ -109,10 +109,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     table = _markdown_table if args.markdown else _table
+    blocks = []
     if args.kind in ("methods", "all"):
-        print(table("methods", METHODS, args.pattern, ("level", "citation")))
+        blocks.append(table("methods", METHODS, args.pattern, ("level", "citation")))
     if args.kind in ("tasks", "all"):
-        print(table("tasks", TASKS, args.pattern, ()))
+        blocks.append(table("tasks", TASKS, args.pattern, ()))
+    print("\n\n".join(blocks))
     return 0
 
 
@@ -141,6 +143,7 @@ def _table(title: str, registry, pattern: str, columns: tuple[str, ...]) -> str:
 
 
 def _markdown_table(title: str, registry, pattern: str, columns: tuple[str, ...]) -> str:
+    """The same as :func:`_table` as a Markdown table (the README's); ``title`` is the README's heading."""
     lines = [f"| key | what it does | {' | '.join(columns)}{' | ' if columns else ''}defaults |"]
     lines.append("|---" * (len(columns) + 3) + "|")
     for name in registry.names(pattern):
