@@ -243,6 +243,13 @@ class Composed(Method):
                 part.losses_after_step(losses)
 
 
+def accumulate_grad(parameter: nn.Parameter, grad: Tensor) -> None:
+    """Add ``grad`` to ``parameter.grad`` (set it when ``None``): how a method gives its learnable
+    parameters the gradient of its own objective, for the trainer's method optimiser."""
+    grad = grad.to(parameter)
+    parameter.grad = grad if parameter.grad is None else parameter.grad + grad
+
+
 def get_method(name: str, num_tasks: int, **hparams: Any) -> Method:
     """``get_method("pcgrad", num_tasks=3).combine(J)``."""
     return METHODS.create(name, num_tasks, **hparams)

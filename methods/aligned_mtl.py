@@ -7,8 +7,8 @@ from torch import Tensor
 
 from benchmark.method import GramianMethod, StepContext
 from benchmark.registry import METHODS
+from methods._checks import task_vector
 from methods._gramian import scale_free
-from methods._vectors import task_vector
 
 
 def balance_transformation(gramian: Tensor) -> Tensor:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from benchmark.method import GramianMethod, StepContext
 from benchmark.registry import METHODS
+from methods._checks import check_choice, check_integer, check_number
 from methods._gramian import scale_free
 
 RESCALES = (0, 1, 2)
@@ -117,15 +116,9 @@ class CAGrad(GramianMethod):
 
     def __init__(self, num_tasks: int, c: float = 0.4, rescale: int = 1, max_iter: int = 20) -> None:
         super().__init__(num_tasks)
-        if not (isinstance(c, int | float) and math.isfinite(c) and c >= 0):
-            raise ValueError(f"cagrad: c must be a finite number >= 0, got {c!r}")
-        if not isinstance(rescale, int) or isinstance(rescale, bool) or rescale not in RESCALES:
-            raise ValueError(f"cagrad: rescale must be one of {RESCALES}, got {rescale!r}")
-        if not (isinstance(max_iter, int) and not isinstance(max_iter, bool) and max_iter >= 1):
-            raise ValueError(f"cagrad: max_iter must be an integer >= 1, got {max_iter!r}")
-        self.c = float(c)
-        self.rescale = rescale
-        self.max_iter = max_iter
+        self.c = check_number("cagrad", "c", c)
+        self.rescale = check_choice("cagrad", "rescale", rescale, RESCALES)
+        self.max_iter = check_integer("cagrad", "max_iter", max_iter, low=1)
 
     def gramian_weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:
         normalized = scale_free(gramian.double())

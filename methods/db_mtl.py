@@ -9,6 +9,7 @@ from torch import Tensor
 
 from benchmark.method import Method, StepContext
 from benchmark.registry import METHODS
+from methods._checks import check_number
 from methods._losses import floored
 
 
@@ -63,12 +64,8 @@ class DBMTL(Method):
 
     def __init__(self, num_tasks: int, beta: float = 0.9, beta_sigma: float = 0.0) -> None:
         super().__init__(num_tasks)
-        if not (isinstance(beta, int | float) and 0 <= beta < 1):
-            raise ValueError(f"db_mtl: beta must be a number in [0, 1), got {beta!r}")
-        if not (isinstance(beta_sigma, int | float) and math.isfinite(beta_sigma) and beta_sigma >= 0):
-            raise ValueError(f"db_mtl: beta_sigma must be a finite number >= 0, got {beta_sigma!r}")
-        self.beta = float(beta)
-        self.beta_sigma = float(beta_sigma)
+        self.beta = check_number("db_mtl", "beta", beta, high=1.0, high_open=True)
+        self.beta_sigma = check_number("db_mtl", "beta_sigma", beta_sigma)
         self.steps = 0  # optimisation steps seen, t
         self.average: Tensor | None = None
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from benchmark.method import StepContext, WeightingMethod
 from benchmark.registry import METHODS
+from methods._checks import check_number
 from methods._losses import floored
 
 
@@ -38,9 +37,7 @@ class DynamicWeightAverage(WeightingMethod):
 
     def __init__(self, num_tasks: int, temperature: float = 2.0) -> None:
         super().__init__(num_tasks)
-        if not (isinstance(temperature, int | float) and math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"dwa: temperature must be a finite number > 0, got {temperature!r}")
-        self.temperature = float(temperature)
+        self.temperature = check_number("dwa", "temperature", temperature, low_open=True)
         self.epoch: int | None = None  # the epoch being averaged
         self.loss_sum: Tensor | None = None  # its summed losses, [T]
         self.count = 0  # and how many calls added to them

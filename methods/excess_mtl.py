@@ -10,6 +10,7 @@ from torch import Tensor
 from benchmark.method import StepContext, WeightedMethod
 from benchmark.registry import METHODS
 from methods._blocks import column_blocks
+from methods._checks import check_number
 
 HESSIAN_EPS = 1e-7  # added to the summed squared gradients under the square root, as the authors do
 
@@ -59,15 +60,9 @@ class ExcessMTL(WeightedMethod):
 
     def __init__(self, num_tasks: int, robust_step_size: float = 1e-2) -> None:
         super().__init__(num_tasks)
-        if not (
-            isinstance(robust_step_size, int | float)
-            and math.isfinite(robust_step_size)
-            and robust_step_size > 0
-        ):
-            raise ValueError(
-                f"excess_mtl: robust_step_size must be a finite number > 0, got {robust_step_size!r}"
-            )
-        self.robust_step_size = float(robust_step_size)
+        self.robust_step_size = check_number(
+            "excess_mtl", "robust_step_size", robust_step_size, low_open=True
+        )
         self.state: tuple[Tensor, Tensor, Tensor] | None = None  # (Σ g², scales, log-weights)
 
     def task_weights(self, grads: Tensor, ctx: StepContext) -> Tensor:

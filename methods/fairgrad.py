@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from benchmark.method import GramianMethod, StepContext
 from benchmark.registry import METHODS
+from methods._checks import check_integer, check_number
 
 _CHECK_EVERY = 5  # Newton steps between two convergence tests (each one is a host sync on GPU)
 _TOLERANCE = 1e-10  # converged once every |(G w)ᵢ − wᵢ^(−1/α)| is below this fraction of wᵢ^(−1/α)
@@ -80,12 +79,8 @@ class FairGrad(GramianMethod):
 
     def __init__(self, num_tasks: int, alpha: float = 1.0, max_iter: int = 100) -> None:
         super().__init__(num_tasks)
-        if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha > 0):
-            raise ValueError(f"fairgrad: alpha must be a finite number > 0, got {alpha!r}")
-        if not (isinstance(max_iter, int) and not isinstance(max_iter, bool) and max_iter >= 1):
-            raise ValueError(f"fairgrad: max_iter must be an integer >= 1, got {max_iter!r}")
-        self.alpha = float(alpha)
-        self.max_iter = max_iter
+        self.alpha = check_number("fairgrad", "alpha", alpha, low_open=True)
+        self.max_iter = check_integer("fairgrad", "max_iter", max_iter, low=1)
 
     def gramian_weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:
         return fair_weights(gramian, self.alpha, self.max_iter).to(gramian.dtype)

@@ -7,9 +7,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from benchmark.method import StepContext, WeightingMethod
+from benchmark.method import StepContext, WeightingMethod, accumulate_grad
 from benchmark.registry import METHODS
-from methods._vectors import task_vector
+from methods._checks import task_vector
 
 
 @METHODS.register("famo")
@@ -75,7 +75,7 @@ class FAMO(WeightingMethod):
         logits = self.logits.detach()
         z = torch.softmax(logits, dim=0).to(decrease)
         grad = (z * (decrease - torch.dot(z, decrease))).to(logits) + self.gamma * logits  # Jᵀδ + γξ
-        self.logits.grad = grad if self.logits.grad is None else self.logits.grad + grad
+        accumulate_grad(self.logits, grad)
 
     def _gaps(self, losses: Tensor) -> Tensor:
         """``D = max(L − l*, 0) + ε``, ``[T]``."""

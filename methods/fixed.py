@@ -6,7 +6,7 @@ from torch import Tensor
 
 from benchmark.method import StepContext, WeightingMethod
 from benchmark.registry import METHODS
-from methods._vectors import task_vector
+from methods._checks import task_vector
 
 
 @METHODS.register("fixed")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from benchmark.method import Method, StepContext
 from benchmark.registry import METHODS
 from methods._blocks import column_blocks
+from methods._checks import check_choice, check_number, task_vector
 
 PURITY_FNS = ("linear", "sigmoid")
 INPUTS = ("sign", "value", "none")
@@ -88,17 +87,14 @@ class GradDrop(Method):
         eps: float = 1e-7,
     ) -> None:
         super().__init__(num_tasks)
-        _check_choice("purity_fn", purity_fn, PURITY_FNS)
-        _check_choice("input", input, INPUTS)
-        _check_number("k", k, strictly_positive=False)
-        _check_number("eps", eps, strictly_positive=True)
-        self.purity_fn = purity_fn
-        self.k = k
-        self.input = input
+        self.purity_fn = check_choice("graddrop", "purity_fn", purity_fn, PURITY_FNS)
+        self.k = check_number("graddrop", "k", k)
+        self.input = check_choice("graddrop", "input", input, INPUTS)
         self.marginalize_batch = marginalize_batch
         self.keep_gradnorm_constant = keep_gradnorm_constant
-        self.eps = eps
-        self.register_buffer("leak", _leak_tensor(leak, num_tasks), persistent=False)
+        self.eps = check_number("graddrop", "eps", eps, low_open=True)
+        leaks = task_vector("graddrop", "leak", leak, num_tasks, default=0.0, low=0.0, high=1.0)
+        self.register_buffer("leak", leaks, persistent=False)
 
     def combine(self, grads: Tensor, ctx: StepContext | None = None) -> Tensor:
         self.check_grads(grads)
@@ -159,30 +155,6 @@ class GradDrop(Method):
         keep = keep_probability(purity(total, total_abs, self.eps), self.purity_fn, self.k)
         draw = torch.rand(keep.shape, generator=generator, device=keep.device, dtype=keep.dtype)
         return torch.where(keep > draw, 1.0, -1.0).to(keep.dtype)
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"graddrop: {name} must be one of {choices}, got {value!r}")
-
-
-def _check_number(name: str, value: float, strictly_positive: bool) -> None:
-    valid = isinstance(value, int | float) and math.isfinite(value) and value >= 0
-    if not valid or (strictly_positive and value == 0):
-        bound = "> 0" if strictly_positive else ">= 0"
-        raise ValueError(f"graddrop: {name} must be a finite number {bound}, got {value!r}")
-
-
-def _leak_tensor(leak: float | list[float], num_tasks: int) -> Tensor:
-    """ℓ as a ``[T]`` float64 tensor; ``ValueError`` unless a float or T floats, all in [0, 1]."""
-    values = [leak] * num_tasks if isinstance(leak, int | float) else leak
-    try:
-        valid = len(values) == num_tasks and all(isinstance(v, int | float) and 0 <= v <= 1 for v in values)
-    except TypeError:
-        valid = False
-    if not valid:
-        raise ValueError(f"graddrop: leak must be a float or {num_tasks} floats in [0, 1], got {leak!r}")
-    return torch.tensor([float(v) for v in values], dtype=torch.float64)
 
 
 def _row_sums(matrix: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:

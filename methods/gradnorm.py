@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from benchmark.method import StepContext, WeightedMethod
+from benchmark.method import StepContext, WeightedMethod, accumulate_grad
 from benchmark.registry import METHODS
 
 
@@ -59,8 +59,7 @@ class GradNorm(WeightedMethod):
         norms = torch.linalg.vector_norm(grads.flatten(1), dim=1).to(weights)
         target = (weights * norms).mean() * self.loss_ratios(ctx.losses, weights) ** self.alpha
         grad = torch.sign(weights * norms - target) * norms
-        parameter = self.loss_weights
-        parameter.grad = grad if parameter.grad is None else parameter.grad + grad
+        accumulate_grad(self.loss_weights, grad)
         return weights.to(grads.device)
 
     @torch.no_grad()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from benchmark.method import GramianMethod, StepContext
 from benchmark.registry import METHODS
+from methods._checks import check_number
 from methods._gramian import scale_free
 from methods.pcgrad import random_task_orders
 
@@ -95,12 +94,8 @@ class GradVac(GramianMethod):
 
     def __init__(self, num_tasks: int, beta: float = 0.5, eps: float = 1e-8) -> None:
         super().__init__(num_tasks)
-        if not (isinstance(beta, int | float) and 0 <= beta <= 1):
-            raise ValueError(f"gradvac: beta must be a number in [0, 1], got {beta!r}")
-        if not (isinstance(eps, int | float) and math.isfinite(eps) and eps > 0):
-            raise ValueError(f"gradvac: eps must be a finite number > 0, got {eps!r}")
-        self.beta = float(beta)
-        self.eps = float(eps)
+        self.beta = check_number("gradvac", "beta", beta, high=1.0)
+        self.eps = check_number("gradvac", "eps", eps, low_open=True)
         self.targets: Tensor | None = None  # φ̂ [T, T], on the gradients' device and dtype
 
     def gramian_weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:

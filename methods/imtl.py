@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from benchmark.method import Composed, GramianMethod, StepContext, WeightingMethod
+from benchmark.method import Composed, GramianMethod, StepContext, WeightingMethod, accumulate_grad
 from benchmark.registry import METHODS
 from methods._gramian import scale_free
 
@@ -78,7 +78,7 @@ class IMTLL(WeightingMethod):
     def weights(self, losses: Tensor, ctx: StepContext | None = None) -> Tensor:
         factors = torch.exp(self.scales.detach())
         grad = factors * losses.detach().to(factors) - 1
-        self.scales.grad = grad if self.scales.grad is None else self.scales.grad + grad
+        accumulate_grad(self.scales, grad)
         return factors.to(device=losses.device, dtype=losses.dtype)
 
 

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from benchmark.method import GramianMethod, StepContext
 from benchmark.registry import METHODS
+from methods._checks import check_integer
 from methods._gramian import scale_free
 
 
@@ -47,17 +48,14 @@ class Krum(GramianMethod):
 
     def __init__(self, num_tasks: int, n_byzantine: int = 0, n_selected: int = 1) -> None:
         super().__init__(num_tasks)
-        if not (isinstance(n_byzantine, int) and n_byzantine >= 0):
-            raise ValueError(f"krum: n_byzantine must be an integer >= 0, got {n_byzantine!r}")
+        n_byzantine = check_integer("krum", "n_byzantine", n_byzantine)
         if n_byzantine > 0 and num_tasks < n_byzantine + 3:
             raise ValueError(
                 f"krum: n_byzantine={n_byzantine} needs at least n_byzantine + 3 = {n_byzantine + 3} tasks, "
                 f"got {num_tasks}"
             )
-        if not (isinstance(n_selected, int) and 1 <= n_selected <= num_tasks):
-            raise ValueError(f"krum: n_selected must be an integer in [1, {num_tasks}], got {n_selected!r}")
         self.n_byzantine = n_byzantine
-        self.n_selected = n_selected
+        self.n_selected = check_integer("krum", "n_selected", n_selected, low=1, high=num_tasks)
 
     def gramian_weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:
         num_neighbours = max(self.num_tasks - self.n_byzantine - 2, 0)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from benchmark.method import GramianMethod, StepContext
 from benchmark.registry import METHODS
+from methods._checks import check_choice, check_integer, check_number
 from methods._gramian import scale_free
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
@@ -187,15 +186,9 @@ class MGDA(GramianMethod):
         self, num_tasks: int, normalization: str = "none", max_iter: int = 250, stop_crit: float = 1e-5
     ) -> None:
         super().__init__(num_tasks)
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(f"mgda: normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-        if not (isinstance(max_iter, int) and max_iter >= 0):
-            raise ValueError(f"mgda: max_iter must be an integer >= 0, got {max_iter!r}")
-        if not (isinstance(stop_crit, int | float) and math.isfinite(stop_crit) and stop_crit >= 0):
-            raise ValueError(f"mgda: stop_crit must be a finite number >= 0, got {stop_crit!r}")
-        self.normalization = normalization
-        self.max_iter = max_iter
-        self.stop_crit = stop_crit
+        self.normalization = check_choice("mgda", "normalization", normalization, NORMALIZATIONS)
+        self.max_iter = check_integer("mgda", "max_iter", max_iter)
+        self.stop_crit = check_number("mgda", "stop_crit", stop_crit)
 
     def gramian_weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:
         divisors = gradient_normalizers(gramian, ctx.losses, self.normalization)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from benchmark.method import Method, StepContext
 from benchmark.registry import METHODS
+from methods._checks import check_choice, check_number
 from methods._simplex import project_onto_simplex, uniform
 
 NORMALIZATIONS = ("loss", "l2", "none")
@@ -60,19 +59,12 @@ class MoCo(Method):
         normalization: str = "loss",
     ) -> None:
         super().__init__(num_tasks)
-        for name, value, upper in (("beta", beta, 1.0), ("gamma", gamma, math.inf)):
-            if not (isinstance(value, int | float) and 0 < value <= upper and math.isfinite(value)):
-                bound = "in (0, 1]" if upper == 1.0 else "> 0"
-                raise ValueError(f"moco: {name} must be a finite number {bound}, got {value!r}")
-        for name, value in (("beta_sigma", beta_sigma), ("gamma_sigma", gamma_sigma), ("rho", rho)):
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"moco: {name} must be a finite number >= 0, got {value!r}")
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(f"moco: normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-        self.beta, self.beta_sigma = float(beta), float(beta_sigma)
-        self.gamma, self.gamma_sigma = float(gamma), float(gamma_sigma)
-        self.rho = float(rho)
-        self.normalization = normalization
+        self.beta = check_number("moco", "beta", beta, high=1.0, low_open=True)
+        self.beta_sigma = check_number("moco", "beta_sigma", beta_sigma)
+        self.gamma = check_number("moco", "gamma", gamma, low_open=True)
+        self.gamma_sigma = check_number("moco", "gamma_sigma", gamma_sigma)
+        self.rho = check_number("moco", "rho", rho)
+        self.normalization = check_choice("moco", "normalization", normalization, NORMALIZATIONS)
         self.step = 0
         self.rows: Tensor | None = None  # Y / magnitude, [T, *shape] like the gradients
         self.magnitude = 1.0  # Y = magnitude · rows: the EMA's decay is a scalar, not a pass over Y

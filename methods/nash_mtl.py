@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from benchmark.method import GramianMethod, StepContext
 from benchmark.registry import METHODS
+from methods._checks import check_integer, check_number
 from methods.fairgrad import fair_weights
 
 
@@ -50,14 +49,11 @@ class NashMTL(GramianMethod):
         self, num_tasks: int, max_norm: float = 1.0, update_weights_every: int = 1, optim_niter: int = 20
     ) -> None:
         super().__init__(num_tasks)
-        if not (isinstance(max_norm, int | float) and math.isfinite(max_norm) and max_norm >= 0):
-            raise ValueError(f"nash_mtl: max_norm must be a finite number >= 0, got {max_norm!r}")
-        for name, value in (("update_weights_every", update_weights_every), ("optim_niter", optim_niter)):
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-                raise ValueError(f"nash_mtl: {name} must be an integer >= 1, got {value!r}")
-        self.max_norm = float(max_norm)
-        self.update_weights_every = update_weights_every
-        self.optim_niter = optim_niter
+        self.max_norm = check_number("nash_mtl", "max_norm", max_norm)
+        self.update_weights_every = check_integer(
+            "nash_mtl", "update_weights_every", update_weights_every, low=1
+        )
+        self.optim_niter = check_integer("nash_mtl", "optim_niter", optim_niter, low=1)
         self.calls = 0
         self.alpha: Tensor | None = None  # the last solution, for the raw gradients (float64)
 

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from benchmark.method import StepContext, WeightingMethod
 from benchmark.registry import METHODS
+from methods._checks import check_choice
 
 DISTRIBUTIONS = ("normal", "dirichlet")
 
@@ -33,9 +34,7 @@ class RandomLossWeighting(WeightingMethod):
 
     def __init__(self, num_tasks: int, distribution: str = "normal") -> None:
         super().__init__(num_tasks)
-        if distribution not in DISTRIBUTIONS:
-            raise ValueError(f"rlw: distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
-        self.distribution = distribution
+        self.distribution = check_choice("rlw", "distribution", distribution, DISTRIBUTIONS)
 
     def weights(self, losses: Tensor, ctx: StepContext | None = None) -> Tensor:
         generator = ctx.generator if ctx is not None else None

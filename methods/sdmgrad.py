@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-from benchmark.method import Method, StepContext
 from benchmark.registry import METHODS
+from methods._checks import check_integer, check_number
 from methods._simplex import project_onto_simplex, uniform
+from methods._two_batches import TwoBatchMethod
 
 
 @torch.no_grad()
@@ -30,7 +29,7 @@ def direction_oriented_weights(
 
 
 @METHODS.register("sdmgrad")
-class SDMGrad(Method):
+class SDMGrad(TwoBatchMethod):
     """SDMGrad, Xiao et al. 2023, "Direction-oriented Multi-objective Learning: Simple and Provable
     Stochastic Algorithms" (https://arxiv.org/abs/2305.18409), Algorithm 1 with the options of the
     authors' code (``OptMN-Lab/sdmgrad``, ``methods/weight_methods.py``).
@@ -42,9 +41,8 @@ class SDMGrad(Method):
     squared mean of ``√(A_ii)`` (the authors' scale normalisation). The factor T is the authors' ("to
     match the sum loss").
 
-    The method asks for two batches per step (``batches_per_step = 2``): J₁ is ``grads`` and J₂ is
-    ``ctx.extra_grads``; without ``ctx.extra_grads`` (feature level, or a caller that gives one batch)
-    J₂ = J₁, which makes the w-steps' gradient estimate biased.
+    Two batches per step (:class:`methods._two_batches.TwoBatchMethod`): without a second one, J₂ = J₁,
+    which makes the w-steps' gradient estimate biased.
 
     Args:
         lamda: λ ≥ 0, the pull towards the mean gradient (paper experiments and LibMTL: 0.3; the
@@ -63,51 +61,24 @@ class SDMGrad(Method):
     description = "Direction-oriented MGDA: stochastic simplex weights pulled towards the mean gradient"
     citation = "Xiao et al. 2023, NeurIPS"
     level = "param"
-    batches_per_step = 2
 
     def __init__(
         self, num_tasks: int, lamda: float = 0.3, niter: int = 20, lr: float = 10.0, momentum: float = 0.5
     ) -> None:
         super().__init__(num_tasks)
-        if not (isinstance(lamda, int | float) and math.isfinite(lamda) and lamda >= 0):
-            raise ValueError(f"sdmgrad: lamda must be a finite number >= 0, got {lamda!r}")
-        if not (isinstance(niter, int) and not isinstance(niter, bool) and niter >= 1):
-            raise ValueError(f"sdmgrad: niter must be an integer >= 1, got {niter!r}")
-        if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
-            raise ValueError(f"sdmgrad: lr must be a finite number > 0, got {lr!r}")
-        if not (isinstance(momentum, int | float) and 0 <= momentum < 1):
-            raise ValueError(f"sdmgrad: momentum must be a number in [0, 1), got {momentum!r}")
-        self.lamda = float(lamda)
-        self.niter = niter
-        self.lr = float(lr)
-        self.momentum = float(momentum)
+        self.lamda = check_number("sdmgrad", "lamda", lamda)
+        self.niter = check_integer("sdmgrad", "niter", niter, low=1)
+        self.lr = check_number("sdmgrad", "lr", lr, low_open=True)
+        self.momentum = check_number("sdmgrad", "momentum", momentum, high=1.0, high_open=True)
         self.w: Tensor | None = None  # the simplex weights, float64 on the gradients' device
 
-    def combine(self, grads: Tensor, ctx: StepContext | None = None) -> Tensor:
-        self.check_grads(grads)
-        ctx = ctx or StepContext()
-        first = grads.flatten(1)
-        second = first if ctx.extra_grads is None else _second_batch(grads, ctx.extra_grads).flatten(1)
+    def pair_weights(self, first: Tensor, second: Tensor) -> Tensor:
         cross = (first @ second.T).double()
         scale = cross.diagonal().clamp_min(0).sqrt().mean() ** 2
         scale = torch.where(scale > 0, scale, cross.abs().max()).clamp_min(torch.finfo(cross.dtype).tiny)
-        if self.w is None or self.w.device != grads.device:
-            self.w = uniform(self.num_tasks, grads.device)
+        if self.w is None or self.w.device != first.device:
+            self.w = uniform(self.num_tasks, first.device)
         self.w = direction_oriented_weights(
             cross / scale, self.w, self.lamda, self.niter, self.lr, self.momentum
         )
-        combination = (self.w + self.lamda / self.num_tasks) * (self.num_tasks / (1 + self.lamda))
-        if second is first:
-            return (combination.to(grads.dtype) @ first).view(grads.shape[1:])
-        half = (combination / 2).to(grads.dtype)
-        return (half @ first + half @ second).view(grads.shape[1:])
-
-
-def _second_batch(grads: Tensor, extra: Tensor) -> Tensor:
-    """``ctx.extra_grads``, checked to be gradients like ``grads``."""
-    if extra.shape != grads.shape:
-        raise ValueError(
-            f"sdmgrad: ctx.extra_grads must have the shape of the gradients {tuple(grads.shape)}, "
-            f"got {tuple(extra.shape)}"
-        )
-    return extra.to(grads.dtype)
+        return (self.w + self.lamda / self.num_tasks) * (self.num_tasks / (1 + self.lamda))

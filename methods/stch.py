@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from benchmark.method import StepContext, WeightingMethod
 from benchmark.registry import METHODS
+from methods._checks import check_integer, check_number
 from methods._losses import floored
 
 
@@ -41,12 +40,8 @@ class SmoothTchebycheff(WeightingMethod):
 
     def __init__(self, num_tasks: int, mu: float = 1.0, warmup_epoch: int = 4) -> None:
         super().__init__(num_tasks)
-        if not (isinstance(mu, int | float) and math.isfinite(mu) and mu > 0):
-            raise ValueError(f"stch: mu must be a finite number > 0, got {mu!r}")
-        if isinstance(warmup_epoch, bool) or not (isinstance(warmup_epoch, int) and warmup_epoch >= 0):
-            raise ValueError(f"stch: warmup_epoch must be an integer >= 0, got {warmup_epoch!r}")
-        self.mu = float(mu)
-        self.warmup_epoch = warmup_epoch
+        self.mu = check_number("stch", "mu", mu, low_open=True)
+        self.warmup_epoch = check_integer("stch", "warmup_epoch", warmup_epoch)
         self.loss_sum: Tensor | None = None  # summed losses of epoch warmup_epoch, [T]
         self.count = 0
         self.nadir: Tensor | None = None

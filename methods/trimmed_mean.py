@@ -7,6 +7,7 @@ from torch import Tensor
 
 from benchmark.method import Method, StepContext
 from benchmark.registry import METHODS
+from methods._checks import check_integer
 
 _BLOCK = 65536  # columns per block: a block's rows stay in cache through the row loop
 
@@ -72,9 +73,7 @@ class TrimmedMean(Method):
 
     def __init__(self, num_tasks: int, trim_number: int = 1) -> None:
         super().__init__(num_tasks)
-        if not (isinstance(trim_number, int) and trim_number >= 0):
-            raise ValueError(f"trimmed_mean: trim_number must be an integer >= 0, got {trim_number!r}")
-        self.trim_number = trim_number
+        self.trim_number = check_integer("trimmed_mean", "trim_number", trim_number)
 
     def combine(self, grads: Tensor, ctx: StepContext | None = None) -> Tensor:
         self.check_grads(grads)

@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from benchmark.method import GramianMethod, StepContext
 from benchmark.registry import METHODS
+from methods._checks import check_number, task_vector
 from methods._dual_cone import project_weights
-from methods._vectors import task_vector
 
 
-def check_reg_eps(name: str, reg_eps: float) -> None:
-    if not (isinstance(reg_eps, int | float) and math.isfinite(reg_eps) and reg_eps >= 0):
-        raise ValueError(f"{name}: reg_eps must be a finite number >= 0, got {reg_eps!r}")
+class _DualConeMethod(GramianMethod):
+    """UPGrad and DualProj: preferences p (``pref_vector``, default ``1/T`` each) and a ridge
+    ``reg_eps``; subclasses say which targets u are projected (``v ≥ u``) and how to sum them."""
+
+    level = "param"
+    permutation_invariant = True
+    linear_under_scaling = True
+    non_conflicting = True
+
+    def __init__(self, num_tasks: int, pref_vector: list[float] | None = None, reg_eps: float = 0.0) -> None:
+        super().__init__(num_tasks)
+        preferences = task_vector(self.name, "pref_vector", pref_vector, num_tasks, 1 / num_tasks)
+        self.register_buffer("preferences", preferences, persistent=False)
+        self.reg_eps = check_number(self.name, "reg_eps", reg_eps)
 
 
 @METHODS.register("upgrad")
-class UPGrad(GramianMethod):
+class UPGrad(_DualConeMethod):
     """UPGrad, Quinton & Rey 2024, "Jacobian Descent for Multi-Objective Optimization"
     (https://arxiv.org/abs/2406.16232): the update is ``Σᵢ pᵢ π(gᵢ)``, with π the projection onto the
     dual cone ``{x : J x ≥ 0}`` of the gradients. By Proposition 1, ``π(pᵢ gᵢ) = Jᵀ vᵢ`` with
@@ -41,17 +50,6 @@ class UPGrad(GramianMethod):
 
     description = "Average of each task gradient projected onto the dual cone of all gradients"
     citation = "Quinton & Rey 2024, arXiv"
-    level = "param"
-    permutation_invariant = True
-    linear_under_scaling = True
-    non_conflicting = True
-
-    def __init__(self, num_tasks: int, pref_vector: list[float] | None = None, reg_eps: float = 0.0) -> None:
-        super().__init__(num_tasks)
-        check_reg_eps("upgrad", reg_eps)
-        preferences = task_vector("upgrad", "pref_vector", pref_vector, num_tasks, 1 / num_tasks)
-        self.register_buffer("preferences", preferences, persistent=False)
-        self.reg_eps = reg_eps
 
     def gramian_weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:
         targets = torch.diag(self.preferences.to(gramian.device))
@@ -59,7 +57,7 @@ class UPGrad(GramianMethod):
 
 
 @METHODS.register("dualproj")
-class DualProj(GramianMethod):
+class DualProj(_DualConeMethod):
     """DualProj, Quinton & Rey 2024, "Jacobian Descent for Multi-Objective Optimization"
     (https://arxiv.org/abs/2406.16232): the preference-weighted mean of the gradients, ``Jᵀ p``,
     projected onto the dual cone ``{x : J x ≥ 0}`` of the gradients (Gradient Episodic Memory's
@@ -77,17 +75,6 @@ class DualProj(GramianMethod):
 
     description = "Mean gradient projected onto the dual cone of the task gradients"
     citation = "Quinton & Rey 2024, arXiv"
-    level = "param"
-    permutation_invariant = True
-    linear_under_scaling = True
-    non_conflicting = True
-
-    def __init__(self, num_tasks: int, pref_vector: list[float] | None = None, reg_eps: float = 0.0) -> None:
-        super().__init__(num_tasks)
-        check_reg_eps("dualproj", reg_eps)
-        preferences = task_vector("dualproj", "pref_vector", pref_vector, num_tasks, 1 / num_tasks)
-        self.register_buffer("preferences", preferences, persistent=False)
-        self.reg_eps = reg_eps
 
     def gramian_weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:
         targets = self.preferences.to(gramian.device)[None, :]

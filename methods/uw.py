@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from benchmark.method import StepContext, WeightingMethod
+from benchmark.method import StepContext, WeightingMethod, accumulate_grad
 from benchmark.registry import METHODS
 
 
@@ -38,5 +38,5 @@ class UncertaintyWeighting(WeightingMethod):
         log_vars = self.log_vars.detach()
         scale = 0.5 * torch.exp(-log_vars)
         grad = 0.5 - scale * losses.detach().to(log_vars)
-        self.log_vars.grad = grad if self.log_vars.grad is None else self.log_vars.grad + grad
+        accumulate_grad(self.log_vars, grad)
         return scale.to(device=losses.device, dtype=losses.dtype)
