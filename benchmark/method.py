@@ -80,6 +80,10 @@ class Method(nn.Module):
         default_method_lr: the learning rate of the method's own parameters unless the suite sets
             ``method_lr`` (``None``: the model's ``lr``).
 
+        deterministic: the update depends on the gradients, losses and step alone: never on
+            ``ctx.generator`` or any other random draw (a run of a deterministic method on a deterministic
+            task is trained once whatever the seeds; the shared property tests check the claim).
+
     Properties a method claims, checked for it by the shared property tests:
         permutation_invariant: permuting the tasks (gradients and losses) leaves the update unchanged.
         linear_under_scaling: ``combine(c J) == c combine(J)`` for every ``c > 0``.
@@ -94,6 +98,7 @@ class Method(nn.Module):
     batches_per_step: ClassVar[int] = 1
     needs_losses_after_step: ClassVar[bool] = False
     default_method_lr: ClassVar[float | None] = None
+    deterministic: ClassVar[bool] = False
     permutation_invariant: ClassVar[bool] = False
     linear_under_scaling: ClassVar[bool] = False
     non_conflicting: ClassVar[bool] = False
@@ -208,6 +213,7 @@ class Composed(Method):
         self.batches_per_step = max(weighting.batches_per_step, method.batches_per_step)
         self.needs_losses_after_step = weighting.needs_losses_after_step or method.needs_losses_after_step
         self.default_method_lr = weighting.default_method_lr or method.default_method_lr
+        self.deterministic = weighting.deterministic and method.deterministic
 
     @property
     def needs_grads(self) -> bool:

@@ -51,7 +51,12 @@ class PluginSpec:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run: (task, method, seed, training settings) inside a suite."""
+    """One run: (task, method, seed, training settings) inside a suite.
+
+    ``plugins`` (files to import before building the run) and ``data_root`` (where a real-data task
+    reads its dataset) say where things are, not what is computed: they are not part of the run's
+    identity (:meth:`config_hash`).
+    """
 
     suite: str
     task: PluginSpec
@@ -59,6 +64,7 @@ class RunSpec:
     seed: int
     train: TrainSpec
     plugins: tuple[str, ...] = ()
+    data_root: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,6 +73,7 @@ class RunSpec:
         """Stable hash of everything that determines the run's outcome."""
         payload = self.to_dict()
         payload.pop("plugins")
+        payload.pop("data_root")
         for part in ("task", "method"):  # runs stored before composition existed keep their hash
             if payload[part]["weighting"] is None:
                 del payload[part]["weighting"]

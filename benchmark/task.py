@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -39,18 +40,66 @@ class Landscape:
     trajectory: tuple[str, str] = ("x1", "x2")
 
 
-@dataclass
 class Batch:
-    """One training batch. ``inputs`` is ``None`` for tasks without data (toy problems)."""
+    """One training batch: named tensors, and which rows each loss owns.
 
-    inputs: Tensor | None = None
-    targets: Tensor | None = None
+    ``inputs`` feeds the trunk (``None`` for tasks without data, such as the toys); ``targets`` and any
+    other keyword (several targets, masks, boxes) are read by :meth:`Task.losses` as ``batch["name"]``
+    or ``batch.targets``. ``task_rows`` ``[T, B]`` bool marks the rows each loss is computed on, for
+    batch-separated losses (transfer learning: source rows for the source loss, target rows for the
+    target loss); ``None`` means every loss reads every row. The engine passes it on as
+    ``StepContext.task_rows``.
+    """
+
+    def __init__(
+        self,
+        inputs: Tensor | None = None,
+        targets: Tensor | None = None,
+        *,
+        task_rows: Tensor | None = None,
+        **tensors: Tensor,
+    ) -> None:
+        named = {"inputs": inputs, "targets": targets, **tensors}
+        self.tensors: dict[str, Tensor] = {k: v for k, v in named.items() if v is not None}
+        if task_rows is not None and task_rows.dtype != torch.bool:
+            raise ValueError(f"task_rows must be a bool tensor [T, B], got dtype {task_rows.dtype}")
+        self.task_rows = task_rows
+
+    @property
+    def inputs(self) -> Tensor | None:
+        return self.tensors.get("inputs")
+
+    @property
+    def targets(self) -> Tensor | None:
+        return self.tensors.get("targets")
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in self.tensors:
+            raise KeyError(f"batch has no tensor {name!r}; it has {', '.join(self.tensors) or 'none'}")
+        return self.tensors[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
 
     def to(self, device: torch.device | str) -> Batch:
-        def move(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.to(device, non_blocking=True)
+        """The same batch with every tensor (and ``task_rows``) on ``device``."""
+        moved = {k: v.to(device, non_blocking=True) for k, v in self.tensors.items()}
+        rows = None if self.task_rows is None else self.task_rows.to(device, non_blocking=True)
+        return Batch(task_rows=rows, **moved)
 
-        return Batch(move(self.inputs), move(self.targets))
+
+def owned_mean(values: Tensor, task_rows: Tensor | None) -> Tensor:
+    """Per-task means of per-row ``values`` ``[B, T]`` over each task's own rows -> ``[T]``.
+
+    With ``task_rows`` ``None`` this is ``values.mean(0)``. A task's loss then has a zero gradient on
+    every row it does not own, whatever the value there (NaN included: foreign rows are masked out,
+    not multiplied by zero). A task that owns no row of the batch gets a zero loss.
+    """
+    if task_rows is None:
+        return values.mean(0)
+    rows = task_rows.T.to(values.device)  # [B, T]
+    total = torch.where(rows, values, torch.zeros((), dtype=values.dtype, device=values.device)).sum(0)
+    return total / rows.sum(0).clamp(min=1).to(values.dtype)
 
 
 class MultiTaskModel(nn.Module):
@@ -91,6 +140,12 @@ class Task:
             selects the evaluation step on validation (``selection_metric``) and reads test there.
         selection_metric: the validation metric used for model selection (its direction is taken
             from :meth:`metrics`); ``None`` averages all higher-is-better metrics.
+        deterministic: the run's seed cannot change a result (no data order, no random initialisation,
+            as in the toys). A run of a deterministic task with a deterministic method is trained once
+            whatever the suite's seeds.
+        needs_data: the task reads a dataset from disk. Its constructor then takes ``data_root`` (the
+            folder given by ``--data-root``, a suite's ``data_root:`` or ``$GSB_DATA``; see
+            :mod:`benchmark.data`), which is not a hyperparameter: it does not enter a run's identity.
     """
 
     name: ClassVar[str] = ""
@@ -98,6 +153,8 @@ class Task:
     train_defaults: Mapping[str, Any] = MappingProxyType({})
     eval_splits: ClassVar[tuple[str, ...]] = ("val", "test")
     selection_metric: ClassVar[str | None] = None
+    deterministic: ClassVar[bool] = False
+    needs_data: ClassVar[bool] = False
 
     def __init__(self, task_names: Sequence[str]) -> None:
         if not task_names:
@@ -144,10 +201,26 @@ class Task:
         return None
 
     @classmethod
+    def data_status(cls, data_root: Path | None) -> str:
+        """For ``run_all.py list tasks``: whether this task's data is present under ``data_root`` and
+        where it looks; tasks without data files say so."""
+        return "no data files needed"
+
+    @classmethod
+    def prepare(cls, data_root: Path, workers: int) -> None:
+        """``run_all.py prepare NAME``: convert the dataset once into the cache training reads."""
+        raise ValueError(f"task {cls.name!r} has nothing to prepare")
+
+    @classmethod
     def defaults(cls) -> dict[str, Any]:
-        """Hyperparameters and their defaults, from the constructor signature."""
-        return hyperparameters(cls)
+        """Hyperparameters and their defaults, from the constructor signature (``data_root`` is not
+        one)."""
+        return hyperparameters(cls, skip=("data_root",))
 
 
-def get_task(name: str, **params: Any) -> Task:
-    return TASKS.create(name, **params)
+def get_task(name: str, data_root: str | Path | None = None, **params: Any) -> Task:
+    """The task ``name`` with its hyperparameters; ``data_root`` reaches tasks that read data."""
+    cls = TASKS.get(name)
+    if cls.needs_data:
+        params["data_root"] = None if data_root is None else Path(data_root)
+    return cls(**params)

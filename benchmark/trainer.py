@@ -70,7 +70,7 @@ class Trainer:
         cfg = spec.train
         self.device = torch.device(cfg.device)
         seed_everything(spec.seed)
-        self.task = get_task(spec.task.name, **spec.task.params)
+        self.task = get_task(spec.task.name, spec.data_root, **spec.task.params)
         self.model = self.task.build_model().to(self.device)
         self.method = build_method(spec.method, self.task.num_tasks).to(self.device)
         self.level = cfg.level or self.method.level
