@@ -37,6 +37,7 @@ from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
 import torch
 import yaml
 
+from benchmark.errors import UserError
 from benchmark.method import WeightedMethod, build_method
 from benchmark.registry import METHODS, TASKS, Registry, UnknownNameError, load_plugin
 from benchmark.specs import JACOBIAN_STRATEGIES, OPTIMIZERS, SCHEDULES, PluginSpec, RunSpec, TrainSpec
@@ -52,7 +53,7 @@ TRAIN_CHOICES = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A suite file that cannot be run; the message starts with ``file: key.path:``."""
 
 

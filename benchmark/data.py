@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from benchmark.errors import UserError
+
 ENV_VAR = "GSB_DATA"
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Missing or corrupt data. The message names the file (and line or record), says the expected
     layout and where the dataset is published; the CLI prints it and exits 2, before any training."""
 

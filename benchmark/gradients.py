@@ -83,6 +83,7 @@ def backward_step(
     param level, gives ``ctx.extra_grads``. Gradients are assigned to parameters whose ``.grad`` is
     ``None``. Returns the detached losses ``[T]``.
     """
+    ctx.task_rows = batch.task_rows
     z = model.trunk(batch.inputs)
     if not method.needs_grads:
         return _weighted_backward(model, task, batch, method, ctx, z)

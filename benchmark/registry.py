@@ -17,10 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from benchmark.errors import UserError
+
 T = TypeVar("T", bound=type)
 
 
-class UnknownNameError(ValueError):
+class UnknownNameError(UserError):
     """A name that no plugin registered; the message suggests the closest known names."""
 
 

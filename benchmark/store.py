@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from benchmark.errors import UserError
+
 if TYPE_CHECKING:
     from benchmark.trainer import RunResult
 
@@ -54,7 +56,7 @@ CREATE INDEX IF NOT EXISTS timings_run_id ON timings (run_id);
 """
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError):
     """The path is not a results store (another file, another SQLite database, a newer schema)."""
 
 
