@@ -1,28 +1,43 @@
-"""One training step's backward: per-task gradients at the chosen level, combined, written to ``.grad``.
+"""One training step's backward as a pipeline: per-task gradients -> reduce -> combine -> apply.
 
-- Loss-weighting methods (``Method.needs_grads`` false): one backward of ``sum_i w_i L_i``.
-- ``feature`` level: the method sees the gradients w.r.t. the shared representation z,
-  ``[T, *z.shape]``, all from one backward through the heads; its update goes back through the trunk
-  with one more backward. Cost: about one backward of the summed loss.
-- ``param`` level: the method sees the Jacobian of the T losses w.r.t. the shared (trunk) parameters,
-  ``[T, P]``, from a loop of ``autograd.grad`` calls (``"loop"``) or one call with
-  ``is_grads_batched`` (``"batched"``); :func:`choose_strategy` picks between them by measuring.
-  Cost: about T backwards, plus one through the heads alone for their gradients. Methods that need a
-  second, independent mini-batch (``Method.batches_per_step == 2``) also get its Jacobian, in
-  ``ctx.extra_grads``.
+1. **Per-task gradients** (:func:`per_task_gradients`), at the chosen level:
 
-Heads receive the gradient of the (summed, for gradient methods) losses: each head its own task's,
-computed the same way whatever the strategy.
+   - ``feature``: the gradients w.r.t. the shared representation z, ``[T, *z.shape]``, all from one
+     backward through the heads; applying the update sends it back through the trunk with one more
+     backward. Cost: about one backward of the summed loss.
+   - ``param``: the Jacobian of the T losses w.r.t. the shared (trunk) parameters, ``[T, P]``, from a
+     loop of ``autograd.grad`` calls (``"loop"``) or one call with ``is_grads_batched``
+     (``"batched"``); :func:`choose_strategy` picks between them by measuring. Cost: about T
+     backwards, plus one through the heads alone for their gradients. Methods that need a second,
+     independent mini-batch (``Method.batches_per_step == 2``) also get its Jacobian, in
+     ``ctx.extra_grads``.
+
+2. **Reduce** (:class:`Reducer`): what one process computed becomes what the whole batch gives.
+   In one process it is the identity; a data-parallel reducer all-reduces the Jacobian and the
+   gradients computed locally (heads, the trunk at the feature level, loss-weighted backwards).
+3. **Combine**: ``method.combine(grads, ctx)`` under ``torch.no_grad()``.
+4. **Apply**: the update goes to the trunk's ``.grad`` (param level) or through the trunk (feature level).
+
+Loss-weighting methods (``Method.needs_grads`` false) skip 1-4: one backward of ``sum_i w_i L_i``,
+then the reducer's gradient step. Heads receive the gradient of the (summed, for gradient methods)
+losses: each head its own task's, computed the same way whatever the strategy.
+
+Forwards that are not the step's own (the ``auto`` strategy's probes, FAMO's losses after the step)
+run inside :func:`side_effect_free`, so that they leave BatchNorm statistics and every RNG stream as
+they were.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from benchmark.method import Method, StepContext
 from benchmark.task import Batch, MultiTaskModel, Task
@@ -67,6 +82,37 @@ def _zeros_if_none(grad: Tensor | None, like: Tensor, shape: Sequence[int]) -> T
     return like.new_zeros(shape) if grad is None else grad
 
 
+class Reducer:
+    """Stage 2 of the step: turns per-process gradients into whole-batch ones. This one is the
+    identity, for a run in one process; a data-parallel run plugs in one that all-reduces."""
+
+    def jacobian(self, matrix: Tensor) -> Tensor:
+        """The per-task gradients of the whole batch from this process's ``[T, P]`` Jacobian."""
+        return matrix
+
+    def local_grads(self, params: Sequence[Tensor]) -> None:
+        """Make the ``.grad`` that this process computed for ``params`` the whole batch's."""
+
+
+LOCAL = Reducer()
+
+
+@dataclass
+class PerTaskGradients:
+    """Stage 1's output: the gradients a method combines, and how its update is applied.
+
+    Attributes:
+        grads: ``[T, *shape]`` per-task gradients (the Jacobian at the param level).
+        apply: writes an update ``[*shape]`` to the parameters' ``.grad``.
+        local_params: parameters whose ``.grad`` this process computed from its own rows alone (the
+            reducer syncs them after the update is applied).
+    """
+
+    grads: Tensor
+    apply: Callable[[Tensor], None]
+    local_params: list[Tensor]
+
+
 def backward_step(
     model: MultiTaskModel,
     task: Task,
@@ -75,40 +121,63 @@ def backward_step(
     ctx: StepContext,
     strategy: str = "loop",
     extra_batch: Batch | None = None,
+    reducer: Reducer = LOCAL,
 ) -> Tensor:
     """Forward ``batch``, combine the per-task gradients with ``method`` and set every ``.grad``.
 
-    ``ctx`` supplies the step, generator and level; its losses and activation are filled in here.
-    ``strategy`` (``"loop"`` or ``"batched"``) computes the param-level Jacobian. ``extra_batch``, at the
-    param level, gives ``ctx.extra_grads``. Gradients are assigned to parameters whose ``.grad`` is
-    ``None``. Returns the detached losses ``[T]``.
+    ``ctx`` supplies the step, generator and level; its losses, activation and task rows are filled in
+    here. ``strategy`` (``"loop"`` or ``"batched"``) computes the param-level Jacobian. ``extra_batch``,
+    at the param level, gives ``ctx.extra_grads``. Gradients are assigned to parameters whose
+    ``.grad`` is ``None``. Returns the detached losses ``[T]``.
     """
     ctx.task_rows = batch.task_rows
     z = model.trunk(batch.inputs)
     if not method.needs_grads:
-        return _weighted_backward(model, task, batch, method, ctx, z)
-    if ctx.level == "feature":
-        return _feature_backward(model, task, batch, method, ctx, z)
-    if extra_batch is not None:
+        _weighted_backward(model, task, batch, method, ctx, z)
+        reducer.local_grads([p for p in model.parameters() if p.grad is not None])
+        return ctx.losses
+    if extra_batch is not None and ctx.level == "param":
         extra_losses = task.losses(model(extra_batch.inputs), extra_batch)
-        ctx.extra_grads = jacobian(extra_losses, model.shared_parameters(), strategy).detach()
-    return _param_backward(model, task, batch, method, ctx, z, strategy)
+        extra = jacobian(extra_losses, model.shared_parameters(), strategy).detach()
+        ctx.extra_grads = reducer.jacobian(extra)
+    per_task = per_task_gradients(model, task, batch, ctx, z, strategy, method.uses_activation)
+    grads = reducer.jacobian(per_task.grads) if ctx.level == "param" else per_task.grads
+    with torch.no_grad():
+        update = method.combine(grads, ctx)
+    per_task.apply(update)
+    reducer.local_grads(per_task.local_params)
+    return ctx.losses
 
 
 def _weighted_backward(
     model: MultiTaskModel, task: Task, batch: Batch, method: Method, ctx: StepContext, z: Tensor
-) -> Tensor:
+) -> None:
     """Loss weighting: one backward of ``sum_i w_i L_i``, the weights taken as constants."""
     losses = task.losses(model.forward_heads(z), batch)
     ctx.losses = losses.detach()
     weights = method.weights(ctx.losses, ctx)
     (weights.detach().to(losses.dtype) @ losses).backward()
-    return ctx.losses
 
 
-def _feature_backward(
-    model: MultiTaskModel, task: Task, batch: Batch, method: Method, ctx: StepContext, z: Tensor
-) -> Tensor:
+def per_task_gradients(
+    model: MultiTaskModel,
+    task: Task,
+    batch: Batch,
+    ctx: StepContext,
+    z: Tensor,
+    strategy: str = "loop",
+    with_activation: bool = False,
+) -> PerTaskGradients:
+    """Stage 1 at ``ctx.level``; fills ``ctx.losses``, and ``ctx.activation`` at the feature level (at
+    the param level only ``with_activation``: the flattened shared parameters)."""
+    if ctx.level == "feature":
+        return _feature_gradients(model, task, batch, ctx, z)
+    return _param_gradients(model, task, batch, ctx, z, strategy, with_activation)
+
+
+def _feature_gradients(
+    model: MultiTaskModel, task: Task, batch: Batch, ctx: StepContext, z: Tensor
+) -> PerTaskGradients:
     """Every head reads its own alias of z, so one backward of the summed losses yields all T
     gradients w.r.t. z (loss i depends on head i only); the update then goes through the trunk."""
     aliases = [z.detach().requires_grad_() for _ in range(task.num_tasks)]  # T leaves, one storage
@@ -116,22 +185,21 @@ def _feature_backward(
     ctx.losses, ctx.activation = losses.detach(), z.detach()
     losses.sum().backward()
     grads = torch.stack([_zeros_if_none(a.grad, a, a.shape) for a in aliases])
-    with torch.no_grad():
-        update = method.combine(grads, ctx)
-    z.backward(update)
-    return ctx.losses
+    return PerTaskGradients(grads, z.backward, [p for p in model.parameters() if p.requires_grad])
 
 
-def _param_backward(
+def _param_gradients(
     model: MultiTaskModel,
     task: Task,
     batch: Batch,
-    method: Method,
     ctx: StepContext,
     z: Tensor,
     strategy: str,
-) -> Tensor:
-    """The Jacobian w.r.t. the shared parameters, combined and written to their ``.grad``."""
+    with_activation: bool,
+) -> PerTaskGradients:
+    """The Jacobian w.r.t. the shared parameters; the heads get their gradients here, the trunk its
+    ``.grad`` when the update is applied. ``with_activation``: also gather the shared parameters into
+    ``ctx.activation``."""
     losses = task.losses(model.forward_heads(z), batch)
     ctx.losses = losses.detach()
     shared = model.shared_parameters()
@@ -139,11 +207,9 @@ def _param_backward(
     head_params = [p for p in model.heads.parameters() if p.requires_grad]
     if head_params:  # the same call whatever the strategy, so heads never depend on it
         losses.sum().backward(inputs=head_params)
-    if method.uses_activation:
+    if with_activation:
         ctx.activation = torch.cat([p.detach().reshape(-1) for p in shared])
-    with torch.no_grad():
-        _assign_flat(shared, method.combine(matrix, ctx))
-    return ctx.losses
+    return PerTaskGradients(matrix, partial(_assign_flat, shared), head_params)
 
 
 def _assign_flat(params: Sequence[Tensor], flat: Tensor) -> None:
@@ -151,6 +217,21 @@ def _assign_flat(params: Sequence[Tensor], flat: Tensor) -> None:
     for p in params:
         p.grad = flat[offset : offset + p.numel()].view_as(p).clone()  # the method may keep ``flat``
         offset += p.numel()
+
+
+@contextmanager
+def side_effect_free(model: nn.Module) -> Iterator[None]:
+    """Run forwards that are not the step's own (probes, FAMO's losses after the step) so that the
+    model's buffers (BatchNorm statistics) and torch's RNG streams (dropout) end as they were."""
+    saved = [b.detach().clone() for b in model.buffers()]
+    devices = sorted({b.device.index or 0 for b in model.parameters() if b.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for buffer, value in zip(model.buffers(), saved, strict=True):
+                    buffer.copy_(value)
 
 
 def choose_strategy(probe: Callable[[str], None], repeats: int = 3) -> tuple[str, dict[str, float]]:

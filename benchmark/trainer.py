@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from benchmark.gradients import backward_step, choose_strategy, jacobian
+from benchmark.gradients import backward_step, choose_strategy, jacobian, side_effect_free
 from benchmark.method import StepContext, build_method
 from benchmark.registry import load_plugin
 from benchmark.specs import RunSpec, TrainSpec
@@ -146,7 +146,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         if self.method.needs_losses_after_step:
-            with torch.no_grad():
+            with torch.no_grad(), side_effect_free(self.model):
                 self.method.losses_after_step(self.task.losses(self.model(batch.inputs), batch))
         if self.method_optimizer is not None:
             self.method_optimizer.step()
@@ -162,7 +162,8 @@ class Trainer:
             jacobian(losses, self.model.shared_parameters(), strategy)
             self._sync()
 
-        choice, times = choose_strategy(probe)
+        with side_effect_free(self.model):
+            choice, times = choose_strategy(probe)
         timings.update({f"jacobian_{name}_ms": ms for name, ms in times.items()})
         timings["jacobian_batched"] = float(choice == "batched")
         return choice

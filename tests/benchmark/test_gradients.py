@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from benchmark.gradients import backward_step, choose_strategy, jacobian
+import tests.benchmark.noisy_task  # noqa: F401  (registers the "_noisy" task)
+from benchmark.gradients import backward_step, choose_strategy, jacobian, side_effect_free
 from benchmark.method import Method, StepContext, get_method
 from benchmark.task import Batch, get_task
 from tests.benchmark.linear_task import HEADS, TRUNK, LinearTask
@@ -118,3 +119,21 @@ def test_loop_and_batched_jacobians_are_bit_identical_on_the_shipped_tasks(task_
         for strategy in ("loop", "batched")
     )
     assert torch.equal(loop, batched)
+
+
+def test_side_effect_free_forwards_leave_batchnorm_statistics_and_rng_streams_as_they_were() -> None:
+    torch.manual_seed(0)
+    task = get_task("_noisy")
+    model = task.build_model()
+    batch = Batch(torch.randn(8, 3))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    with side_effect_free(model):
+        for strategy in ("loop", "batched"):
+            jacobian(task.losses(model(batch.inputs), batch), model.shared_parameters(), strategy)
+        with torch.no_grad():
+            task.losses(model(batch.inputs), batch)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng)
+    model(batch.inputs)  # the same forward outside moves the statistics: the check above can fail
+    assert not torch.equal(before["trunk.1.running_mean"], model.state_dict()["trunk.1.running_mean"])

@@ -7,18 +7,23 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch import Tensor
 
-import tests.benchmark.linear_task  # noqa: F401  (registers the "_linear" task)
+import tests.benchmark.linear_task
+import tests.benchmark.noisy_task  # noqa: F401  (registers the "_noisy" task)
+from benchmark import gradients
 from benchmark.config import parse_suite
 from benchmark.specs import RunSpec, TrainSpec
 from benchmark.trainer import Trainer, make_scheduler, run
 
 
-def spec(method: str = "graddrop", task_params: dict | None = None, seed: int = 0, **train) -> RunSpec:
+def spec(
+    method: str = "graddrop", task_params: dict | None = None, seed: int = 0, task: str = "_linear", **train
+) -> RunSpec:
     raw = {
         "seeds": [seed],
         "train": {"jacobian": "loop", **train},
-        "tasks": [{"name": "_linear", "params": task_params or {}}],
+        "tasks": [{"name": task, "params": task_params or {}}],
         "methods": [method],
     }
     return parse_suite(raw).runs[0]
@@ -202,3 +207,26 @@ def test_method_learning_rate_defaults_to_the_method_own_then_the_suite_wins() -
 
     assert method_lr(lr=0.5) == 0.025  # FAMO's ξ learning rate from its paper
     assert method_lr(lr=0.5, method_lr=0.1) == 0.1
+
+
+def test_the_auto_strategy_probe_changes_no_result_on_a_batchnorm_dropout_model(monkeypatch) -> None:
+    monkeypatch.setattr(gradients, "BATCHED_MIN_SPEEDUP", math.inf)  # auto measures, then takes the loop
+    auto = run(spec("mgda", task="_noisy", jacobian="auto"))
+    loop = run(spec("mgda", task="_noisy", jacobian="loop"))
+    assert auto.status == loop.status == "ok", auto.error
+    assert "jacobian_loop_ms" in auto.timings
+    assert values(auto) == values(loop)
+
+
+def test_losses_after_the_step_leave_batchnorm_statistics_and_rng_as_they_were() -> None:
+    def one_step(after_step: bool) -> tuple[dict, Tensor]:
+        trainer = Trainer(spec("famo", task="_noisy"))
+        trainer.method.needs_losses_after_step = after_step
+        batch = next(trainer.task.train_batches(8, trainer.data_generator))
+        trainer._step(batch, 0, "loop")
+        return {k: v.clone() for k, v in trainer.model.state_dict().items()}, torch.get_rng_state()
+
+    (state, rng), (without_state, without_rng) = one_step(True), one_step(False)
+    assert state.keys() == without_state.keys()
+    assert all(torch.equal(state[k], without_state[k]) for k in state)
+    assert torch.equal(rng, without_rng)
