@@ -196,6 +196,12 @@ class Task:
         """
         raise NotImplementedError
 
+    def check_region(self, values: Mapping[str, float]) -> str | None:
+        """Why the values of one evaluation show that training left the task's sensible region (the
+        run is then stored ``diverged`` with this reason), or ``None``. Non-finite values are always
+        divergence; a task adds its own bounds (the toy's point far outside its plotted square)."""
+        return None
+
     def landscape(self) -> Landscape | None:
         """For 2-D toy problems: what a report needs to draw trajectories over the loss contours."""
         return None

@@ -37,7 +37,8 @@ class MetricRow:
 
 @dataclass
 class RunResult:
-    """What one run produced. ``status`` is ``ok``, ``diverged`` (a non-finite loss) or ``failed``."""
+    """What one run produced. ``status`` is ``ok``, ``diverged`` (a non-finite loss or metric, or the
+    task's region left: ``error`` says which) or ``failed`` (an exception: ``error`` is its traceback)."""
 
     spec: RunSpec
     status: str
@@ -116,9 +117,9 @@ class Trainer:
                 result.metrics += rows
                 last_eval, tick = step, time.perf_counter()
                 eval_s += tick - now
-                if not all(math.isfinite(r.value) for r in rows):
-                    result.status = "diverged"
-                    result.error = f"non-finite loss or metric at step {step}"
+                reason = self._divergence(rows)
+                if reason is not None:
+                    result.status, result.error = "diverged", f"step {step}: {reason}"
                     break
             if step == cfg.steps:
                 break
@@ -177,6 +178,14 @@ class Trainer:
         ]
         self.model.train()
         return rows
+
+    def _divergence(self, rows: list[MetricRow]) -> str | None:
+        """Why an evaluation's ``rows`` show the run diverged: a non-finite value, or the task's
+        :meth:`~benchmark.task.Task.check_region`; ``None`` when they do not."""
+        bad = [f"{r.split}/{r.name}" for r in rows if not math.isfinite(r.value)]
+        if bad:
+            return f"non-finite loss or metric ({', '.join(bad[:5])})"
+        return self.task.check_region({r.name: r.value for r in rows if r.split in self.task.eval_splits})
 
     def _loss_rows(self, step: int, mean_losses: Tensor) -> list[MetricRow]:
         pairs = zip(self.task.task_names, mean_losses.tolist(), strict=True)

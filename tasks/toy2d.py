@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache, partial
 from types import MappingProxyType
@@ -28,6 +28,11 @@ from benchmark.task import Batch, Landscape, Metric, MultiTaskModel, Task
 
 BOUNDS = (-11.0, 11.0, -11.0, 11.0)
 """The plotted square, as in CAGrad's contour plots."""
+
+REGION = 100.0
+"""A run whose point leaves the square ``|x₁|, |x₂| <= REGION`` (nine times the plotted one; every start
+and the whole Pareto set lie inside the plotted square) has diverged: far out, both losses are flat in
+x₂ and grow in x₁, and no sensible step size gets there."""
 
 FRONT_TOLERANCE = 1e-3
 """A point is on the front when its :func:`pareto_gap` is at most this (0.1 % of the front's range)."""
@@ -183,7 +188,8 @@ def pareto(variant: str, coarse: int = 441, columns: int = 20001) -> tuple[Tenso
 
 
 def pareto_gap(losses: Tensor, front: Tensor) -> float:
-    """Additive ε-indicator of ``losses`` ``[2]`` to the piecewise-linear ``front``, clipped at 0.
+    """Additive ε-indicator of ``losses`` ``[2]`` to the piecewise-linear ``front``, clipped at 0
+    (infinite for non-finite losses).
 
     Both losses are first normalised by the front's range (ideal point -> 0, nadir point -> 1), so the
     gap is a fraction of that range and the same in both variants. The indicator
@@ -191,6 +197,8 @@ def pareto_gap(losses: Tensor, front: Tensor) -> float:
     along the diagonal, u = L₁ − L₂ stays fixed and v = L₁ + L₂ drops by 2ε, so ε = (v − v_front(u)) / 2;
     beyond the front's ends (|u| > 1) the nearest end gives ε = L₁ − 1 or L₂ − 1.
     """
+    if not bool(torch.isfinite(losses).all()):
+        return math.inf
     ideal, nadir = front.min(0).values, front.max(0).values
     point = (losses.to(front) - ideal) / (nadir - ideal)
     scaled = (front - ideal) / (nadir - ideal)
@@ -291,6 +299,12 @@ class Toy2D(Task):
             "pareto_gap": gap,
             "on_front": float(gap <= FRONT_TOLERANCE),
         }
+
+    def check_region(self, values: Mapping[str, float]) -> str | None:
+        x1, x2 = values["x1"], values["x2"]
+        if max(abs(x1), abs(x2)) > REGION:
+            return f"x = ({x1:.3g}, {x2:.3g}) left the region |x1|, |x2| <= {REGION:g}"
+        return None
 
     def landscape(self) -> Landscape:
         return Landscape(

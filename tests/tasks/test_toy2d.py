@@ -4,9 +4,11 @@ import math
 import pytest
 import torch
 
+from benchmark.config import parse_suite
 from benchmark.registry import TASKS
 from benchmark.specs import TrainSpec
 from benchmark.task import Batch
+from benchmark.trainer import run
 from tasks.toy2d import (
     FRONT_TOLERANCE,
     VARIANTS,
@@ -228,3 +230,19 @@ def test_landscape():
 def test_bad_parameters_name_the_argument(params, argument):
     with pytest.raises(ValueError, match=argument):
         Toy2D(**params)
+
+
+@pytest.mark.parametrize(("lr", "reason"), [(1e30, "non-finite"), (1e8, "left the region")])
+def test_a_blow_up_is_diverged_and_its_metrics_never_crash(lr: float, reason: str) -> None:
+    spec = parse_suite(
+        {"tasks": [{"name": "toy2d"}], "methods": ["ew"], "train": {"lr": lr, "steps": 200, "eval_every": 50}}
+    ).runs[0]
+    result = run(spec)
+    assert result.status == "diverged"
+    assert reason in result.error
+
+
+@pytest.mark.parametrize("point", [[math.inf, 1.0], [math.nan, 0.0], [1e300, -1e300]])
+def test_pareto_gap_of_extreme_points_is_a_number(point: list[float]) -> None:
+    gap = pareto_gap(torch.tensor(point, dtype=torch.float64), pareto("nashmtl")[1])
+    assert gap > 1 or math.isinf(gap)
