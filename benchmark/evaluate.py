@@ -5,8 +5,9 @@ step with the best validation score and reported on ``"test"`` there; a task wit
 is read at the last step of its first evaluation split. Runs whose status is not ``ok`` are left out of
 the aggregates, and counted by :func:`status_counts`.
 
-Everything below but :func:`task_info` and :func:`run_infos` works on DataFrames alone (the frames of
-:class:`benchmark.store.ResultsStore`), so it is testable without models.
+Everything works on the frames of :class:`benchmark.store.ResultsStore` alone, so it is testable
+without models: each run carries its task's metric declarations (``runs.info``). Only runs stored by
+a version-1 store lack them; :func:`run_infos` then builds their task once to learn them.
 """
 
 from __future__ import annotations
@@ -21,28 +22,14 @@ import numpy as np
 import pandas as pd
 
 from benchmark.registry import TASKS
-from benchmark.task import Metric, Task
-from benchmark.trainer import STATUSES
+from benchmark.specs import STATUSES, TaskInfo
+from benchmark.task import Task
 
 logger = logging.getLogger(__name__)
 
 GROUP = ["task_label", "method_label"]
 ON_FRONT = "on_front"
 BASELINE = "ew"
-
-
-@dataclass(frozen=True)
-class TaskInfo:
-    """What evaluation needs from a task; the empty default means "unknown task, no directions"."""
-
-    metrics: tuple[Metric, ...] = ()
-    eval_splits: tuple[str, ...] = ()
-    selection_metric: str | None = None
-
-    @property
-    def directions(self) -> dict[str, bool]:
-        """Metric name -> ``higher_is_better``."""
-        return {m.name: m.higher_is_better for m in self.metrics}
 
 
 @dataclass
@@ -78,7 +65,7 @@ def task_info(name: str, params: Mapping[str, Any]) -> TaskInfo:
     """The task's metrics and splits; an empty :class:`TaskInfo` (logged) if it cannot be built."""
     try:
         task = build_task(name, params)
-        info = TaskInfo(tuple(task.metrics()), tuple(task.eval_splits), task.selection_metric)
+        info = task.info(method_deterministic=False)
     except Exception as exc:
         logger.warning("task %r %s cannot be built (%s): values shown without directions", name, params, exc)
         return TaskInfo()
@@ -88,10 +75,15 @@ def task_info(name: str, params: Mapping[str, Any]) -> TaskInfo:
 
 
 def run_infos(runs: pd.DataFrame) -> dict[int, TaskInfo]:
-    """``run_id`` -> :class:`TaskInfo`, building each distinct (task, params) once."""
+    """``run_id`` -> :class:`TaskInfo`: the stored one, else (old runs) from the task, built once per
+    distinct (task, params)."""
     cache: dict[tuple[str, str], TaskInfo] = {}
     infos: dict[int, TaskInfo] = {}
-    for run_id, task, spec in zip(runs["run_id"], runs["task"], runs["spec"], strict=True):
+    columns = (runs["run_id"], runs["task"], runs["spec"], runs["info"])
+    for run_id, task, spec, stored in zip(*columns, strict=True):
+        if stored is not None:
+            infos[int(run_id)] = stored
+            continue
         params = spec["task"]["params"]
         key = (task, json.dumps(params, sort_keys=True, default=str))
         if key not in cache:

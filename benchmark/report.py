@@ -28,8 +28,8 @@ from benchmark.evaluate import (
     step_times,
     trajectories,
 )
+from benchmark.specs import STATUSES
 from benchmark.store import ResultsStore
-from benchmark.trainer import STATUSES
 
 logger = logging.getLogger(__name__)
 
@@ -261,9 +261,13 @@ def front_lines(label: str, ev: Evaluation) -> list[str]:
 
 
 def landscape_plot(label: str, ev: Evaluation, metrics: pd.DataFrame, path: Path) -> Path | None:
-    """Trajectories over the task's landscape, if it has one (built from the label's first run)."""
+    """Trajectories over the task's landscape, if it has one (built from the label's first run: only
+    tasks that declare a landscape, or old runs whose declarations were not stored, are built)."""
     runs = ev.runs[ev.runs["task_label"] == label]
     first = runs.iloc[0]
+    stored = first["info"]
+    if stored is not None and not stored.landscape:
+        return None
     try:
         landscape = build_task(first["task"], first["spec"]["task"]["params"]).landscape()
     except Exception as exc:

@@ -1,15 +1,65 @@
-"""Frozen, validated specifications of a run: what to train, how, and with which seed."""
+"""Frozen specifications of a run (what to train, how, with which seed) and of what it reports.
+
+The analysis side (:mod:`benchmark.evaluate`, :mod:`benchmark.report`) reads these and the store only:
+never the trainer, and never a task it would have to build (CelebA's would load the data).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+STATUSES = ("ok", "diverged", "failed")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
 JACOBIAN_STRATEGIES = ("auto", "loop", "batched")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A reported metric and its direction."""
+
+    name: str
+    higher_is_better: bool
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What evaluating a run needs to know of its task, stored with the run.
+
+    Attributes:
+        metrics: the declared metrics with their directions (``()``: unknown, values shown bare).
+        eval_splits: the splits the task evaluates on.
+        selection_metric: the validation metric of model selection (``None``: the mean of the
+            higher-is-better metrics).
+        deterministic: the task and the method are both deterministic: the seed cannot change the
+            result, so the run stands for every seed of its suite.
+        landscape: the task has a 2-D landscape to draw trajectories on (the report builds it).
+    """
+
+    metrics: tuple[Metric, ...] = ()
+    eval_splits: tuple[str, ...] = ()
+    selection_metric: str | None = None
+    deterministic: bool = False
+    landscape: bool = False
+
+    @property
+    def directions(self) -> dict[str, bool]:
+        """Metric name -> ``higher_is_better``."""
+        return {m.name: m.higher_is_better for m in self.metrics}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskInfo:
+        metrics = tuple(Metric(**m) for m in data.get("metrics", ()))
+        return cls(**{**data, "metrics": metrics, "eval_splits": tuple(data.get("eval_splits", ()))})
 
 
 @dataclass(frozen=True)
@@ -48,6 +98,14 @@ class PluginSpec:
         if not self.label:
             object.__setattr__(self, "label", self.name)
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PluginSpec:
+        weighting = data.get("weighting")
+        return cls(
+            data["name"], dict(data.get("params", {})), data.get("label", ""),
+            None if weighting is None else cls.from_dict(weighting),
+        )
+
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -69,14 +127,24 @@ class RunSpec:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunSpec:
+        """The spec of :meth:`to_dict` (as stored); training settings unknown to this version are
+        dropped, missing ones take their defaults."""
+        fields = {f.name for f in dataclasses.fields(TrainSpec)}
+        train = TrainSpec(**{k: v for k, v in data["train"].items() if k in fields})
+        return cls(
+            data["suite"], PluginSpec.from_dict(data["task"]), PluginSpec.from_dict(data["method"]),
+            int(data["seed"]), train, tuple(data.get("plugins", ())), data.get("data_root"),
+        )
+
     def config_hash(self) -> str:
-        """Stable hash of everything that determines the run's outcome."""
+        """Stable hash of everything that determines the run's outcome: not where its plugins and
+        data are, nor the device it ran on."""
         payload = self.to_dict()
-        payload.pop("plugins")
-        payload.pop("data_root")
-        for part in ("task", "method"):  # runs stored before composition existed keep their hash
-            if payload[part]["weighting"] is None:
-                del payload[part]["weighting"]
+        for key in ("plugins", "data_root"):
+            payload.pop(key)
+        payload["train"].pop("device")
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

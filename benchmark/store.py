@@ -20,11 +20,14 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from benchmark.errors import UserError
+from benchmark.specs import RunSpec, TaskInfo
 
 if TYPE_CHECKING:
     from benchmark.trainer import RunResult
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: the first; 2: ``runs.info`` (the task's metric declarations, :class:`benchmark.specs.TaskInfo`)
+and config hashes that leave out the device (a version-1 store is migrated when opened)."""
 FINISHED = ("ok", "diverged")
 RUN_LABELS = ("suite", "task", "task_label", "method_label", "seed", "status")
 
@@ -43,7 +46,8 @@ CREATE TABLE IF NOT EXISTS runs (
     started REAL,
     ended REAL,
     spec TEXT NOT NULL,
-    versions TEXT NOT NULL
+    versions TEXT NOT NULL,
+    info TEXT
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run_id INTEGER NOT NULL, step INTEGER NOT NULL, split TEXT NOT NULL, name TEXT NOT NULL, value REAL
@@ -94,7 +98,22 @@ def run_record(result: RunResult) -> dict[str, Any]:
         "ended": result.ended,
         "spec": json.dumps(spec.to_dict(), default=str),
         "versions": json.dumps(environment()),
+        "info": None if result.info is None else json.dumps(result.info.to_dict()),
     }
+
+
+def _migrate_from_1(conn: sqlite3.Connection) -> None:
+    """Version 1 -> 2: add ``runs.info`` (unknown for old runs: reports then build their tasks) and
+    recompute every config hash without the device; of runs that now share a hash the newest stays."""
+    conn.execute("ALTER TABLE runs ADD COLUMN info TEXT")
+    conn.execute("DROP INDEX IF EXISTS runs_config_hash")
+    rows = conn.execute("SELECT run_id, spec FROM runs ORDER BY run_id").fetchall()
+    newest = {RunSpec.from_dict(json.loads(spec)).config_hash(): run_id for run_id, spec in rows}
+    for config_hash, run_id in newest.items():
+        conn.execute("UPDATE runs SET config_hash = ? WHERE run_id = ?", (config_hash, run_id))
+    stale = [(run_id,) for run_id, _ in rows if run_id not in set(newest.values())]
+    for table in ("metrics", "timings", "runs"):
+        conn.executemany(f"DELETE FROM {table} WHERE run_id = ?", stale)
 
 
 class ResultsStore:
@@ -142,7 +161,12 @@ class ResultsStore:
             if version == 0 and tables:
                 raise StoreError(f"{self.path}: an SQLite database, but not a results store")
             if version > SCHEMA_VERSION:
-                raise StoreError(f"{self.path}: schema version {version} is newer than {SCHEMA_VERSION}")
+                raise StoreError(
+                    f"{self.path}: schema version {version} is newer than this code's {SCHEMA_VERSION}: "
+                    "update Gradient Surgery Bench, or use another --results file"
+                )
+            if version == 1:
+                _migrate_from_1(conn)
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -193,6 +217,9 @@ class ResultsStore:
         frame = self._query("SELECT * FROM runs", suite, "runs.run_id")
         for column in ("spec", "versions"):
             frame[column] = [json.loads(text) for text in frame[column]]
+        frame["info"] = [  # NULL (a failed run, or one stored by version 1) may come back as NaN
+            TaskInfo.from_dict(json.loads(t)) if isinstance(t, str) else None for t in frame["info"]
+        ]
         return frame
 
     def metrics(self, suite: str | None = None) -> pd.DataFrame:

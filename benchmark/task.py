@@ -12,15 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.registry import TASKS, hyperparameters
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A reported metric and its direction."""
-
-    name: str
-    higher_is_better: bool
-    description: str = ""
+from benchmark.specs import Metric, TaskInfo
 
 
 @dataclass(frozen=True)
@@ -205,6 +197,13 @@ class Task:
     def landscape(self) -> Landscape | None:
         """For 2-D toy problems: what a report needs to draw trajectories over the loss contours."""
         return None
+
+    def info(self, method_deterministic: bool) -> TaskInfo:
+        """What a report needs of this task, stored with each run (so reports never build tasks)."""
+        return TaskInfo(
+            tuple(self.metrics()), tuple(self.eval_splits), self.selection_metric,
+            self.deterministic and method_deterministic, self.landscape() is not None,
+        )
 
     @classmethod
     def data_status(cls, data_root: Path | None) -> str:

@@ -19,12 +19,10 @@ from tqdm import tqdm
 from benchmark.gradients import backward_step, choose_strategy, jacobian, side_effect_free
 from benchmark.method import StepContext, build_method
 from benchmark.registry import load_plugin
-from benchmark.specs import RunSpec, TrainSpec
+from benchmark.specs import RunSpec, TaskInfo, TrainSpec
 from benchmark.task import Batch, get_task
 
 log = logging.getLogger(__name__)
-
-STATUSES = ("ok", "diverged", "failed")
 
 
 @dataclass
@@ -47,6 +45,7 @@ class RunResult:
     error: str | None = None
     started: float = 0.0
     ended: float = 0.0
+    info: TaskInfo | None = None
 
 
 def run(spec: RunSpec, progress: bool = False) -> RunResult:
@@ -93,7 +92,8 @@ class Trainer:
         return cfg.method_lr or self.method.default_method_lr or cfg.lr
 
     def train(self, progress: bool = False) -> RunResult:
-        cfg, result = self.spec.train, RunResult(self.spec, "ok")
+        cfg = self.spec.train
+        result = RunResult(self.spec, "ok", info=self.task.info(self.method.deterministic))
         batches = (b.to(self.device) for b in self.task.train_batches(cfg.batch_size, self.data_generator))
         first = next(batches)
         batches = itertools.chain([first], batches)

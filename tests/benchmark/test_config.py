@@ -41,10 +41,12 @@ def test_training_settings_merge_task_defaults_suite_task_and_method() -> None:
     assert ew.momentum == TrainSpec().momentum
 
 
-def test_overrides_win_and_change_the_config_hash() -> None:
+def test_overrides_win_and_the_config_hash_covers_results_not_the_device() -> None:
     plain = parse_suite(suite()).runs[0]
     moved = parse_suite(suite(), overrides={"device": "meta"}).runs[0]
-    assert moved.train.device == "meta" and moved.config_hash() != plain.config_hash()
+    longer = parse_suite(suite(), overrides={"steps": 11}).runs[0]
+    assert moved.train.device == "meta" and moved.config_hash() == plain.config_hash()
+    assert longer.train.steps == 11 and longer.config_hash() != plain.config_hash()
     assert plain.config_hash() == parse_suite(suite()).runs[0].config_hash()
 
 

@@ -199,6 +199,7 @@ def runs_frame(task: str, run_ids: list[int]) -> pd.DataFrame:
             "seed": range(len(run_ids)),
             "status": "ok",
             "spec": [spec] * len(run_ids),
+            "info": [None] * len(run_ids),  # as stored by a version-1 store: evaluation builds the task
         }
     )
 
@@ -215,6 +216,14 @@ def test_evaluate_reads_directions_and_selection_from_the_registered_task() -> N
     assert ev.infos[1].selection_metric == "loss"
     assert ev.summary.set_index("name")["mean"].to_dict() == {"loss": 8.0, "acc": 0.4}
     assert ev.summary.set_index("name")["higher_is_better"].to_dict() == {"loss": False, "acc": True}
+
+
+def test_stored_declarations_are_used_without_building_the_task() -> None:
+    metrics = metric_rows(1, {"val": {"acc": [0.9, 0.1]}, "test": {"acc": [0.3, 0.4]}})
+    runs = runs_frame("_no_such_task", [1]).assign(info=[ACC_LOSS])
+    ev = evaluate(runs, metrics)
+    assert ev.infos[1] is ACC_LOSS
+    assert ev.summary.set_index("name")["mean"].to_dict() == {"acc": 0.3}
 
 
 def test_an_unknown_task_is_evaluated_without_directions(caplog: pytest.LogCaptureFixture) -> None:
