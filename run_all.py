@@ -58,7 +58,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
     run = sub.add_parser("run", parents=[common], help="run a suite and write its report (default)")
     run.add_argument("--suite", type=Path, default=DEFAULT_SUITE, help="suite YAML file")
-    run.add_argument("--executor", choices=EXECUTORS, default="processes")
+    run.add_argument("--executor", choices=EXECUTORS.names(), default="processes")
     run.add_argument("--workers", type=int, default=default_workers())
     run.add_argument("--device", help="override every run's device, e.g. cuda")
     run.add_argument("--rerun", action="store_true", help="run again runs the store already holds")
@@ -91,7 +91,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def cmd_run(args: argparse.Namespace) -> int:
     overrides = {"device": args.device} if args.device else None
-    suite = load_suite(args.suite, overrides)
+    suite = load_suite(args.suite, overrides, plugins=args.plugin)  # workers load them from the specs
     store = ResultsStore(args.results)
     statuses = run_suite(suite, store, args.executor, args.workers, rerun=args.rerun)
     log.info("suite %s: %s", suite.name, dict(statuses) or "nothing to run, all results stored")

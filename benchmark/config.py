@@ -29,7 +29,7 @@ import difflib
 import inspect
 import itertools
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
@@ -65,8 +65,11 @@ class Suite:
     runs: tuple[RunSpec, ...]
 
 
-def load_suite(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Suite:
-    """Read and validate a suite file; ``overrides`` are TrainSpec settings that win over the file."""
+def load_suite(
+    path: str | Path, overrides: Mapping[str, Any] | None = None, plugins: Sequence[str | Path] = ()
+) -> Suite:
+    """Read and validate a suite file; ``overrides`` are TrainSpec settings that win over the file,
+    ``plugins`` are plugin files (the command line's ``--plugin``) added to the suite's ``plugins``."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: suite file not found")
@@ -74,11 +77,16 @@ def load_suite(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    return parse_suite(raw, source=path, overrides=overrides)
+    return parse_suite(raw, source=path, overrides=overrides, plugins=plugins)
 
 
-def parse_suite(raw: Any, source: Path | None = None, overrides: Mapping[str, Any] | None = None) -> Suite:
-    """Validate a suite already read from YAML (a mapping)."""
+def parse_suite(
+    raw: Any,
+    source: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    plugins: Sequence[str | Path] = (),
+) -> Suite:
+    """Validate a suite already read from YAML (a mapping); ``plugins`` as in :func:`load_suite`."""
     where = str(source) if source else "<suite>"
     fail = _failer(where)
     suite = _mapping(raw, "", fail)
@@ -87,7 +95,8 @@ def parse_suite(raw: Any, source: Path | None = None, overrides: Mapping[str, An
         if not suite.get(key):
             fail(key, f"a suite needs at least one entry under {key!r}")
     name = str(suite.get("name") or (source.stem if source else "suite"))
-    plugins = _plugins(suite.get("plugins", []), source, fail)
+    extra = [load_plugin(p) for p in plugins]  # every run carries them: workers load them too
+    plugins = tuple(dict.fromkeys([*extra, *_plugins(suite.get("plugins", []), source, fail)]))
     seeds = _seeds(suite.get("seeds", [0]), fail)
     suite_train = _mapping(suite.get("train", {}), "train", fail)
     methods = [
@@ -290,13 +299,12 @@ def _train_spec(raw: Mapping[str, Any], key: str, fail: Fail) -> TrainSpec:
 
 
 def _check_device(name: str, key: str, fail: Fail) -> None:
-    """A device torch can parse and this machine has (a CUDA run on a CPU machine fails here, once)."""
+    """A device string torch can parse; whether the machine has it is checked where the run starts
+    (:func:`benchmark.sweep.check_devices`), which may be another machine."""
     try:
-        device = torch.device(name)
+        torch.device(name)
     except RuntimeError as err:
         fail(key, f"not a torch device: {name!r} ({err})")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        fail(key, f"{name!r}: CUDA is not available on this machine")
 
 
 def _coerce(value: Any, hint: Any, key: str, fail: Fail) -> Any:

@@ -1,8 +1,10 @@
-"""Run a suite: skip what the store already holds, run the rest serially or in worker processes.
+"""Run a suite: skip what the store already holds, hand the rest to an executor.
 
-Each finished run is saved at once, in one transaction, so an interrupted sweep resumes where it
-stopped. A failing run is stored as ``failed`` and the sweep goes on; a worker process that dies is
-recorded as a failure of the run it held.
+An executor (:data:`EXECUTORS`: ``serial``, ``processes``) takes the pending runs and yields their
+results as they finish. Each result is saved at once, in one transaction, so an interrupted sweep
+resumes where it stopped. A failing run is stored as ``failed`` and the sweep goes on; a worker process
+that dies is recorded as a failure of the run it held. Runs carry their plugin files
+(``RunSpec.plugins``), which every worker loads before building the run.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import multiprocessing
 import os
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -20,14 +23,33 @@ from tqdm import tqdm
 
 from benchmark import trainer
 from benchmark.config import Suite
-from benchmark.registry import load_plugin
+from benchmark.errors import UserError
+from benchmark.registry import Registry
 from benchmark.specs import RunSpec
 from benchmark.store import ResultsStore
 from benchmark.trainer import RunResult
 
 log = logging.getLogger(__name__)
 
-EXECUTORS = ("serial", "processes")
+
+class Executor(ABC):
+    """Runs specs somewhere and yields their results in completion order.
+
+    On an interrupt (Ctrl-C) it stops starting runs; what was yielded is already stored.
+    """
+
+    name: str
+
+    def __init__(self, workers: int | None = None, progress: bool = True) -> None:
+        self.workers = workers or default_workers()
+        self.progress = progress
+
+    @abstractmethod
+    def run(self, specs: Sequence[RunSpec]) -> Iterator[RunResult]:
+        """The result of every spec, each as soon as it is known."""
+
+
+EXECUTORS: Registry[type[Executor]] = Registry("executor", None)
 
 
 def pending_runs(suite: Suite, store: ResultsStore, rerun: bool = False) -> list[RunSpec]:
@@ -44,16 +66,13 @@ def run_suite(
     rerun: bool = False,
     progress: bool = True,
 ) -> Counter[str]:
-    """Run every pending run of ``suite`` and save each result; returns the count of each status."""
-    if executor not in EXECUTORS:
-        raise ValueError(f"unknown executor {executor!r}; expected one of {', '.join(EXECUTORS)}")
+    """Run every pending run of ``suite`` with the named executor and save each result; returns the
+    count of each status."""
+    runner = EXECUTORS.create(executor, workers, progress)
     todo = pending_runs(suite, store, rerun)
     log.info("suite %s: %d runs, %d to run", suite.name, len(suite.runs), len(todo))
-    if executor == "serial":
-        results = _serial(todo, progress)
-    else:
-        results = _processes(todo, workers or default_workers())
     statuses: Counter[str] = Counter()
+    results = runner.run(todo)
     for result in tqdm(results, total=len(todo), desc=suite.name, disable=not progress or not todo):
         store.save(result)
         statuses[result.status] += 1
@@ -66,35 +85,56 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def _serial(specs: Sequence[RunSpec], progress: bool) -> Iterator[RunResult]:
-    """Results one after another, each run with its own step progress bar if ``progress``."""
-    for spec in specs:
-        yield trainer.run(spec, progress)
+def check_devices(specs: Sequence[RunSpec]) -> None:
+    """Fail before anything runs if a run asks for a device this machine does not have."""
+    for name in sorted({spec.train.device for spec in specs}):
+        device = torch.device(name)
+        if device.type == "cpu":
+            continue
+        accelerator = torch.accelerator.current_accelerator(check_available=True)
+        if accelerator is None or accelerator.type != device.type:
+            problem = f"{device.type.upper()} is not available on this machine"
+        elif device.index is not None and device.index >= torch.accelerator.device_count():
+            problem = f"this machine has {torch.accelerator.device_count()} {device.type} device(s)"
+        else:
+            continue
+        example = next(spec for spec in specs if spec.train.device == name)
+        raise UserError(f"train.device (or --device): {name!r}: {problem} (run {example.title})")
 
 
-def _processes(specs: Sequence[RunSpec], workers: int) -> Iterator[RunResult]:
-    """Results in completion order from ``workers`` spawned processes, one torch thread each.
+@EXECUTORS.register("serial")
+class SerialExecutor(Executor):
+    """Runs one after another in this process, each with its own step progress bar if ``progress``."""
 
-    On an interrupt (Ctrl-C) the runs not yet started are cancelled; what finished is already stored.
+    def run(self, specs: Sequence[RunSpec]) -> Iterator[RunResult]:
+        check_devices(specs)
+        for spec in specs:
+            yield trainer.run(spec, self.progress)
+
+
+@EXECUTORS.register("processes")
+class ProcessExecutor(Executor):
+    """Runs in ``workers`` spawned processes of this machine, one torch thread each.
+
+    On an interrupt (Ctrl-C) the runs not yet started are cancelled.
     """
-    plugins = sorted({p for spec in specs for p in spec.plugins})
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=(plugins,))
-    try:
-        futures: dict[Future[RunResult], RunSpec] = {pool.submit(trainer.run, s): s for s in specs}
-        for future in as_completed(futures):
-            try:
-                yield future.result()
-            except Exception as err:  # the worker died (killed, out of memory): record, go on
-                now = time.time()
-                yield RunResult(
-                    futures[future], "failed", error=f"worker process died: {err!r}", started=now, ended=now
-                )
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+
+    def run(self, specs: Sequence[RunSpec]) -> Iterator[RunResult]:
+        check_devices(specs)
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(self.workers, context, initializer=_one_thread)
+        try:
+            futures: dict[Future[RunResult], RunSpec] = {pool.submit(trainer.run, s): s for s in specs}
+            for future in as_completed(futures):
+                try:
+                    yield future.result()
+                except Exception as err:  # the worker died (killed, out of memory): record, go on
+                    now, error = time.time(), f"worker process died: {err!r}"
+                    yield RunResult(futures[future], "failed", error=error, started=now, ended=now)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _init_worker(plugins: Sequence[str]) -> None:
+def _one_thread() -> None:
+    """Worker start-up: one torch thread per process, so that workers do not oversubscribe the CPUs."""
     torch.set_num_threads(1)
-    for plugin in plugins:
-        load_plugin(plugin)

@@ -87,3 +87,13 @@ def test_perf_tables_the_matching_methods(tmp_path: Path, capsys: pytest.Capture
 def test_options_alone_run_the_default_command() -> None:
     assert run_all.parse_args(["--workers", "1"]).command == "run"
     assert run_all.parse_args([]).suite == run_all.DEFAULT_SUITE
+
+
+def test_a_plugin_that_does_not_parse_exits_with_2_and_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    plugin = tmp_path / "broken_plugin.py"
+    plugin.write_text("import torch\nclass Broken(:\n")
+    assert run_all.main(["list", "--plugin", str(plugin)]) == 2
+    (line,) = caplog.text.strip().splitlines()
+    assert f"{plugin}:2: syntax error in plugin" in line

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+import sys
 from pathlib import Path
 
 import pytest
 
 from benchmark.method import Method, get_method
-from benchmark.registry import METHODS, TASKS, Registry, UnknownNameError, load_plugin
+from benchmark.registry import METHODS, TASKS, PluginError, Registry, UnknownNameError, load_plugin
 
 
 def test_every_module_in_methods_and_tasks_is_discovered() -> None:
@@ -59,7 +61,7 @@ def test_registering_two_classes_under_one_name_fails() -> None:
     class First:
         pass
 
-    with pytest.raises(ValueError, match="widget 'x' is registered twice"):
+    with pytest.raises(PluginError, match=r"widget 'x' is registered twice: by .*Second .*First"):
 
         @registry.register("x")
         class Second:
@@ -81,5 +83,86 @@ def test_out_of_tree_plugin_is_usable_by_name(tmp_path: Path) -> None:
     load_plugin(plugin)  # loading twice is harmless
     method = get_method("registry_test_first_task_only", num_tasks=2)
     assert isinstance(method, Method)
-    with pytest.raises(FileNotFoundError, match="plugin file not found"):
-        load_plugin(tmp_path / "missing.py")
+    assert load_plugin(plugin) == str(plugin.resolve())
+
+
+WIDGET = "from benchmark.registry import WIDGETS_FOR_TEST as R\n@R.register({args})\nclass Widget: pass\n"
+
+
+@pytest.fixture
+def widgets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry[type]:
+    """A registry whose built-in package ``gsb_test_builtins`` registers ``pcgrad`` (not yet imported)."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry: Registry[type] = Registry("widget", "gsb_test_builtins")
+    monkeypatch.setattr("benchmark.registry.WIDGETS_FOR_TEST", registry, raising=False)
+    make_package(tmp_path, "gsb_test_builtins", {"pcgrad": WIDGET.format(args="'pcgrad'")})
+    monkeypatch.delitem(sys.modules, "gsb_test_builtins", raising=False)
+    monkeypatch.delitem(sys.modules, "gsb_test_builtins.pcgrad", raising=False)
+    return registry
+
+
+def plugin_file(folder: Path, args: str) -> Path:
+    folder.mkdir(exist_ok=True)
+    path = folder / "plugin.py"
+    path.write_text(WIDGET.format(args=args))
+    return path
+
+
+def test_the_same_name_from_two_files_names_both(tmp_path: Path, widgets: Registry[type]) -> None:
+    first, second = plugin_file(tmp_path / "a", "'w'"), plugin_file(tmp_path / "b", "'w'")
+    load_plugin(first)
+    with pytest.raises(PluginError) as err:
+        load_plugin(second)
+    assert f"widget 'w' is registered twice: by Widget ({second}) and by Widget ({first})" in str(err.value)
+    assert inspect.getfile(widgets.get("w")) == str(first)  # the first one stays
+
+
+def test_a_plugin_loaded_before_discovery_still_clashes_with_the_builtin(
+    tmp_path: Path, widgets: Registry[type]
+) -> None:
+    assert not widgets._discovered  # the plugin comes first: discovery must not hide the clash
+    with pytest.raises(
+        PluginError, match=r"widget 'pcgrad' is registered twice: .*gsb_test_builtins.pcgrad\.py"
+    ):
+        load_plugin(plugin_file(tmp_path / "p", "'pcgrad'"))
+    assert inspect.getfile(widgets.get("pcgrad")) == str(tmp_path / "gsb_test_builtins" / "pcgrad.py")
+
+
+def test_override_replaces_with_a_warning_naming_both(
+    tmp_path: Path, widgets: Registry[type], caplog: pytest.LogCaptureFixture
+) -> None:
+    plugin = plugin_file(tmp_path / "p", "'pcgrad', override=True")
+    load_plugin(plugin)
+    assert inspect.getfile(widgets.get("pcgrad")) == str(plugin)
+    builtin = tmp_path / "gsb_test_builtins" / "pcgrad.py"
+    assert f"widget 'pcgrad': Widget ({plugin}) overrides Widget ({builtin})" in caplog.text
+
+
+def test_importing_the_same_file_again_is_not_a_clash(tmp_path: Path, widgets: Registry[type]) -> None:
+    widgets.discover()  # imports gsb_test_builtins.pcgrad
+    load_plugin(tmp_path / "gsb_test_builtins" / "pcgrad.py")  # the same file under another module name
+    assert widgets.names() == ["pcgrad"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("x = 1\ndef broken(:\n", r"plugin\.py:2: syntax error in plugin: invalid syntax"),
+        (
+            "raise RuntimeError('no GPU here')\n",
+            r"plugin\.py: importing the plugin raised RuntimeError: no GPU here",
+        ),
+        (None, r"missing\.py: plugin file not found"),
+    ],
+)
+def test_a_plugin_that_fails_names_the_file_and_the_error(
+    tmp_path: Path, text: str | None, message: str
+) -> None:
+    path = tmp_path / ("missing.py" if text is None else "plugin.py")
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(PluginError, match=message):
+        load_plugin(path)
+    if text is not None:  # a failed import is not remembered: the fixed file loads
+        path.write_text("LOADED = True\n")
+        load_plugin(path)

@@ -5,10 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
+import run_all
 from benchmark.config import parse_suite
+from benchmark.errors import UserError
+from benchmark.registry import UnknownNameError
 from benchmark.store import ResultsStore
-from benchmark.sweep import pending_runs, run_suite
+from benchmark.sweep import EXECUTORS, Executor, check_devices, pending_runs, run_suite
 from benchmark.trainer import RunResult, Trainer
 from tests.benchmark import linear_task
 
@@ -58,3 +62,50 @@ def test_process_executor(tmp_path: Path) -> None:
     by_process = store.metrics("sweep_test")[columns].sort_values(columns[:4]).reset_index(drop=True)
     by_serial = serial.metrics("sweep_test")[columns].sort_values(columns[:4]).reset_index(drop=True)
     assert by_process.equals(by_serial)
+
+
+def test_executors_are_a_registry_and_the_cli_offers_its_names() -> None:
+    assert EXECUTORS.names() == ["processes", "serial"]
+    assert all(issubclass(EXECUTORS.get(name), Executor) for name in EXECUTORS.names())
+    assert run_all.parse_args(["run", "--executor", "serial"]).executor == "serial"
+    with pytest.raises(UnknownNameError, match=r"unknown executor 'seriall' \(did you mean 'serial'\?\)"):
+        EXECUTORS.get("seriall")
+
+
+def test_an_executor_yields_one_result_per_spec() -> None:
+    specs = parse_suite(SUITE).runs
+    results = list(EXECUTORS.create("serial", progress=False).run(specs))
+    assert [r.spec for r in results] == list(specs) and {r.status for r in results} == {"ok"}
+
+
+def test_command_line_plugins_travel_with_every_run(tmp_path: Path) -> None:
+    """Workers build runs from their specs alone: a --plugin file must be in every spec."""
+    other = tmp_path / "other_plugin.py"
+    other.write_text("VALUE = 1\n")
+    raw = {**SUITE, "plugins": [linear_task.__file__]}
+    suite = parse_suite(raw, plugins=[other, linear_task.__file__])
+    expected = (str(other.resolve()), str(Path(linear_task.__file__).resolve()))
+    assert {spec.plugins for spec in suite.runs} == {expected}
+
+
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="checks a machine without an accelerator")
+@pytest.mark.parametrize("executor", ["serial", "processes"])
+def test_a_missing_device_fails_before_any_run(tmp_path: Path, executor: str) -> None:
+    suite, store = parse_suite(SUITE, overrides={"device": "cuda"}), ResultsStore(tmp_path / "store.sqlite")
+    with pytest.raises(UserError, match=r"train.device \(or --device\): 'cuda': CUDA is not available"):
+        run_suite(suite, store, executor=executor, workers=2, progress=False)
+    assert len(store.runs("sweep_test")) == 0
+
+
+def test_a_device_index_beyond_the_machine_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        torch.accelerator, "current_accelerator", lambda check_available: torch.device("cuda")
+    )
+    monkeypatch.setattr(torch.accelerator, "device_count", lambda: 2)
+    specs = parse_suite(SUITE, overrides={"device": "cuda:1"}).runs
+    check_devices(specs)  # cuda:1 is the second of two devices
+    check_devices(parse_suite(SUITE, overrides={"device": "cpu"}).runs)
+    with pytest.raises(UserError, match=r"'cuda:2': this machine has 2 cuda device\(s\) \(run _linear / ew"):
+        check_devices(parse_suite(SUITE, overrides={"device": "cuda:2"}).runs)
+    with pytest.raises(UserError, match="'mps': MPS is not available"):
+        check_devices(parse_suite(SUITE, overrides={"device": "mps"}).runs)

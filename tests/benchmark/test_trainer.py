@@ -176,10 +176,19 @@ class Recording(Method):
 '''
 
 
-@pytest.mark.parametrize("level", ["param", "feature"])
-def test_trainer_supplies_epochs_a_second_batch_and_the_losses_after_each_step(tmp_path, level) -> None:
-    plugin = tmp_path / "recording_plugin.py"
+@pytest.fixture(scope="module")
+def recording_plugin(tmp_path_factory: pytest.TempPathFactory):
+    """One file for every parameter: the same name registered from two files is a clash."""
+    plugin = tmp_path_factory.mktemp("plugins") / "recording_plugin.py"
     plugin.write_text(RECORDING_PLUGIN)
+    return plugin
+
+
+@pytest.mark.parametrize("level", ["param", "feature"])
+def test_trainer_supplies_epochs_a_second_batch_and_the_losses_after_each_step(
+    recording_plugin, level
+) -> None:
+    plugin = recording_plugin
     raw = {
         "plugins": [str(plugin)],
         "train": {"steps": 3, "eval_every": 3, "level": level, "jacobian": "loop"},
