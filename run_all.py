@@ -91,7 +91,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     lister.set_defaults(handler=cmd_list)
 
     prepare = sub.add_parser("prepare", parents=[common, data, workers], help="convert a task's dataset once")
-    prepare.add_argument("task", help="task name, e.g. celeba")
+    prepare.add_argument("task", help="a task that reads data files")
     prepare.set_defaults(handler=cmd_prepare)
 
     perf = sub.add_parser("perf", parents=[common], help="time every method's combine against the floor")

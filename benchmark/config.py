@@ -63,6 +63,7 @@ TASK_KEYS = (*ENTRY_KEYS, "data_root")
 METHOD_KEYS = (*ENTRY_KEYS, "weighting")
 SUITE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a folder name under reports/, never a path
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSpec))
+TRAIN_TYPES = get_type_hints(TrainSpec)
 TRAIN_CHOICES = {
     "optimizer": OPTIMIZERS,
     "schedule": SCHEDULES,
@@ -443,12 +444,11 @@ def _train_fields(
     ``field_key`` names a field in messages (default ``key.field``).
     """
     name_of = field_key or (lambda name: f"{key}.{name}")
-    hints = get_type_hints(TrainSpec)
     values = {}
     for name, value in _mapping(raw, key, fail).items():
         if name not in TRAIN_FIELDS:
             fail(name_of(str(name)), f"unknown key{_hint(str(name), TRAIN_FIELDS)}")
-        values[name] = _coerce(value, hints[name], name_of(name), fail)
+        values[name] = _coerce(value, TRAIN_TYPES[name], name_of(name), fail)
         _check_train_value(name, values[name], name_of(name), fail)
     return values
 
