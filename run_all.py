@@ -1,10 +1,15 @@
 """Gradient Surgery Bench command line.
 
 python run_all.py                               # run configs/quick.yaml, then write its report
-python run_all.py run --suite configs/toy2d.yaml [--executor processes] [--device cuda]
+python run_all.py run --suite configs/toy2d.yaml [--executor processes] [--device cuda] [--data-root DIR]
 python run_all.py report [--suite quick]        # reports from what the store holds
-python run_all.py list [methods|tasks] [PATTERN]
+python run_all.py list [methods|tasks] [PATTERN] [--data-root DIR]
+python run_all.py prepare NAME [--data-root DIR] [--workers N]   # convert a task's dataset once
 python run_all.py perf [--params 100000 1000000] [PATTERN]   # aggregation cost per method vs the floor
+
+Exit status: 0 on success, 1 when a run failed or on an internal error (with its traceback), 2 on a
+user error (:class:`benchmark.errors.UserError`: a bad suite, argument, store or dataset), printed as
+one line (``-v`` adds the traceback).
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from pathlib import Path
 
 import torch
 
-from benchmark.config import ConfigError, load_suite
+from benchmark.config import load_suite
+from benchmark.data import require_root, resolve_data_root
+from benchmark.errors import UserError
 from benchmark.perf import aggregation_costs, cost_table
-from benchmark.registry import METHODS, TASKS, load_plugin
+from benchmark.registry import METHODS, TASKS, load_plugin, unknown_name_message
 from benchmark.report import write_report
 from benchmark.store import ResultsStore, StoreError
 from benchmark.sweep import EXECUTORS, default_workers, run_suite
@@ -39,12 +46,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for plugin in args.plugin:
             load_plugin(plugin)
         return args.handler(args)
-    except (ConfigError, StoreError, FileNotFoundError, ValueError) as err:
-        log.error("error: %s", err)
+    except UserError as err:
+        log.error("error: %s", err, exc_info=args.verbose)
         return 2
     except KeyboardInterrupt:
         log.error("interrupted: finished runs are stored; run the same command again to resume")
         return 130
+    except Exception:
+        log.exception("internal error (a bug; please report it with this traceback)")
+        return 1
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -52,14 +62,19 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--results", type=Path, default=DEFAULT_STORE, help="results store (SQLite file)")
     common.add_argument("--reports", type=Path, default=DEFAULT_REPORTS, help="folder for reports")
-    common.add_argument("--plugin", action="append", default=[], help="a method/task plugin file")
-    common.add_argument("-v", "--verbose", action="store_true")
+    common.add_argument("--plugin", action="append", type=existing_file, default=[], help="a plugin file")
+    common.add_argument("-v", "--verbose", action="store_true", help="tracebacks with error messages")
+    data = argparse.ArgumentParser(add_help=False)
+    data.add_argument("--data-root", type=Path, help="folder of the datasets (default: $GSB_DATA)")
+    workers = argparse.ArgumentParser(add_help=False)
+    workers.add_argument("--workers", type=positive_int, default=default_workers())
     sub = parser.add_subparsers(dest="command")
 
-    run = sub.add_parser("run", parents=[common], help="run a suite and write its report (default)")
+    run = sub.add_parser(
+        "run", parents=[common, data, workers], help="run a suite, write its report (default)"
+    )
     run.add_argument("--suite", type=Path, default=DEFAULT_SUITE, help="suite YAML file")
     run.add_argument("--executor", choices=EXECUTORS.names(), default="processes")
-    run.add_argument("--workers", type=int, default=default_workers())
     run.add_argument("--device", help="override every run's device, e.g. cuda")
     run.add_argument("--rerun", action="store_true", help="run again runs the store already holds")
     run.add_argument("--no-report", action="store_true")
@@ -69,11 +84,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     report.add_argument("--suite", action="append", help="suite name (default: every suite stored)")
     report.set_defaults(handler=cmd_report)
 
-    lister = sub.add_parser("list", parents=[common], help="list methods and tasks with their defaults")
+    lister = sub.add_parser("list", parents=[common, data], help="list methods and tasks with their defaults")
     lister.add_argument("kind", nargs="?", choices=("methods", "tasks", "all"), default="all")
     lister.add_argument("pattern", nargs="?", default="*", help="shell-style name filter")
     lister.add_argument("--markdown", action="store_true", help="Markdown tables (as in the README)")
     lister.set_defaults(handler=cmd_list)
+
+    prepare = sub.add_parser("prepare", parents=[common, data, workers], help="convert a task's dataset once")
+    prepare.add_argument("task", help="a task that reads data files")
+    prepare.set_defaults(handler=cmd_prepare)
 
     perf = sub.add_parser("perf", parents=[common], help="time every method's combine against the floor")
     perf.add_argument("pattern", nargs="?", default="*", help="shell-style method filter")
@@ -89,9 +108,27 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def existing_file(text: str) -> Path:
+    """argparse type: a path to an existing file."""
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"file not found: {text}")
+    return Path(text)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     overrides = {"device": args.device} if args.device else None
-    suite = load_suite(args.suite, overrides, plugins=args.plugin)  # workers load them from the specs
+    suite = load_suite(args.suite, overrides, args.data_root, args.plugin)  # runs carry the plugins
     store = ResultsStore(args.results)
     statuses = run_suite(suite, store, args.executor, args.workers, rerun=args.rerun)
     log.info("suite %s: %s", suite.name, dict(statuses) or "nothing to run, all results stored")
@@ -101,8 +138,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    store = ResultsStore(args.results)
-    for name in args.suite or store.suites():
+    store = ResultsStore(args.results, create=False)
+    held = store.suites()
+    for name in args.suite or []:
+        if name not in held:
+            holds = f"; it holds {', '.join(held)}" if held else "; it holds no suite"
+            raise StoreError(f"{store.path}: {unknown_name_message('suite', name, held)}{holds}")
+    if not held:
+        log.warning("%s holds no runs: no report written", store.path)
+    for name in args.suite or held:
         write_report(store, name, args.reports / name)
     return 0
 
@@ -114,14 +158,26 @@ def cmd_list(args: argparse.Namespace) -> int:
         blocks.append(table("methods", METHODS, args.pattern, ("level", "citation")))
     if args.kind in ("tasks", "all"):
         blocks.append(table("tasks", TASKS, args.pattern, ()))
+        if not args.markdown:
+            blocks[-1] += "\n" + _data_table(args.pattern, resolve_data_root(args.data_root))
     print("\n\n".join(blocks))
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    cls = TASKS.get(args.task)
+    if not cls.needs_data:
+        raise UserError(f"task {args.task!r} reads no data files: nothing to prepare")
+    root = require_root(resolve_data_root(args.data_root), args.task)
+    cls.prepare(root, args.workers)
+    log.info("task %r: data prepared under %s", args.task, root)
     return 0
 
 
 def cmd_perf(args: argparse.Namespace) -> int:
     names = METHODS.names(args.pattern)
     if not names:
-        raise ValueError(f"no method matches {args.pattern!r}")
+        raise UserError(f"no method matches {args.pattern!r}")
     torch.set_num_threads(args.threads)
     log.info("timing %d methods at T=%d, P=%s, %d threads", len(names), args.tasks, args.params, args.threads)
     table = cost_table(aggregation_costs(names, args.tasks, args.params, args.repeats))
@@ -139,6 +195,13 @@ def _table(title: str, registry, pattern: str, columns: tuple[str, ...]) -> str:
         defaults = ", ".join(f"{k}={v!r}" for k, v in cls.defaults().items())
         lines.append(f"  {name:<18} {cls.description}{extra}")
         lines.append(f"  {'':<18} defaults: {defaults or '-'}")
+    return "\n".join(lines)
+
+
+def _data_table(pattern: str, root: Path | None) -> str:
+    """Per task, whether its data is present under ``root`` and where it looks."""
+    lines = [f"data ({root or 'no data root: give --data-root or set $GSB_DATA'}):"]
+    lines += [f"  {name:<18} {TASKS.get(name).data_status(root)}" for name in TASKS.names(pattern)]
     return "\n".join(lines)
 
 

@@ -19,7 +19,18 @@ A suite file::
       - stl                                          # Method.default_grid: one run per task
 
 Training settings are merged, later winning: ``TrainSpec`` defaults, the task's ``train_defaults``,
-the suite's ``train``, the task entry's ``train``, the method entry's ``train``.
+the suite's ``train``, the task entry's ``train``, the method entry's ``train``, the command line's
+overrides. Each mapping is checked where it is written, so an error names that place
+(``tasks[1].train.lr``, ``--device``). A float setting also accepts a string that parses as a float:
+YAML 1.1 reads ``1e-3`` (no dot) as a string, and it is the number the user meant.
+
+A task that reads a dataset (``Task.needs_data``) gets its data root from ``run --data-root``, else
+the task entry's ``data_root:`` (relative to the suite file), else ``$GSB_DATA``
+(:func:`benchmark.data.resolve_data_root`); every task is built once here, so missing data fails
+before anything trains.
+
+The file is read with a ``yaml.SafeLoader`` (no objects built from tags) that refuses a key given
+twice in one mapping, and must be UTF-8.
 """
 
 from __future__ import annotations
@@ -28,6 +39,8 @@ import dataclasses
 import difflib
 import inspect
 import itertools
+import math
+import re
 import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,24 +50,54 @@ from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
 import torch
 import yaml
 
+from benchmark.data import resolve_data_root
 from benchmark.errors import UserError
 from benchmark.method import WeightedMethod, build_method
-from benchmark.registry import METHODS, TASKS, Registry, UnknownNameError, load_plugin
+from benchmark.registry import METHODS, TASKS, PluginError, Registry, UnknownNameError, load_plugin
 from benchmark.specs import JACOBIAN_STRATEGIES, OPTIMIZERS, SCHEDULES, PluginSpec, RunSpec, TrainSpec
+from benchmark.task import Task, get_task
 
 SUITE_KEYS = ("name", "description", "seeds", "plugins", "train", "tasks", "methods")
 ENTRY_KEYS = ("name", "label", "params", "grid", "train")
+TASK_KEYS = (*ENTRY_KEYS, "data_root")
 METHOD_KEYS = (*ENTRY_KEYS, "weighting")
+SUITE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a folder name under reports/, never a path
+TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSpec))
+TRAIN_TYPES = get_type_hints(TrainSpec)
 TRAIN_CHOICES = {
     "optimizer": OPTIMIZERS,
     "schedule": SCHEDULES,
     "jacobian": JACOBIAN_STRATEGIES,
     "level": ("param", "feature", None),
 }
+# Lower bound of each numeric setting and whether the bound itself is allowed; numbers must be finite.
+TRAIN_BOUNDS = {
+    "steps": (1, True),
+    "batch_size": (1, True),
+    "lr": (0, False),
+    "weight_decay": (0, True),
+    "momentum": (0, True),
+    "lr_step_size": (1, True),
+    "lr_gamma": (0, False),
+    "warmup_steps": (0, True),
+    "clip_grad_norm": (0, False),
+    "method_lr": (0, False),
+    "eval_every": (1, True),
+}
 
 
 class ConfigError(UserError):
     """A suite file that cannot be run; the message starts with ``file: key.path:``."""
+
+
+Fail = Callable[[str, str], NoReturn]
+
+
+def _failer(where: str) -> Fail:
+    def fail(key: str, message: str) -> NoReturn:
+        raise ConfigError(f"{where}: {key + ': ' if key else ''}{message}")
+
+    return fail
 
 
 @dataclass(frozen=True)
@@ -66,27 +109,82 @@ class Suite:
 
 
 def load_suite(
-    path: str | Path, overrides: Mapping[str, Any] | None = None, plugins: Sequence[str | Path] = ()
+    path: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    data_root: str | Path | None = None,
+    plugins: Sequence[str | Path] = (),
 ) -> Suite:
-    """Read and validate a suite file; ``overrides`` are TrainSpec settings that win over the file,
-    ``plugins`` are plugin files (the command line's ``--plugin``) added to the suite's ``plugins``."""
+    """Read and validate a suite file; ``overrides`` are TrainSpec settings from the command line that
+    win over the file, ``data_root`` the command line's ``--data-root``, ``plugins`` its ``--plugin``
+    files (added to the suite's ``plugins``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: suite file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from err
+    try:
+        raw = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader: no objects from tags
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    return parse_suite(raw, source=path, overrides=overrides, plugins=plugins)
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(err)}") from err
+    return parse_suite(raw, source=path, overrides=overrides, data_root=data_root, plugins=plugins)
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML 1.2, section 3.2.1.1,
+    requires unique keys; PyYAML silently keeps the last value)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<: *base" may repeat and be overridden by design
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = first_line.get(key)
+            except TypeError:  # an unhashable key: SafeLoader reports it below
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (first on line {first})", key_node.start_mark
+                )
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """``line L, column C: problem`` of a PyYAML error, or its text when it has no position."""
+    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+    if mark is None or problem is None:
+        return str(err)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """What every run of a suite shares: its name, seeds and plugins, the suite's checked ``train``,
+    the command line's checked overrides and data root, and where the suite file lives."""
+
+    name: str
+    seeds: tuple[int, ...]
+    plugins: tuple[str, ...]
+    train: Mapping[str, Any]
+    overrides: Mapping[str, Any]
+    data_root: Path | None
+    folder: Path
+    fail: Fail
 
 
 def parse_suite(
     raw: Any,
     source: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
+    data_root: str | Path | None = None,
     plugins: Sequence[str | Path] = (),
 ) -> Suite:
-    """Validate a suite already read from YAML (a mapping); ``plugins`` as in :func:`load_suite`."""
+    """Validate a suite already read from YAML (a mapping); the other arguments as in
+    :func:`load_suite`."""
     where = str(source) if source else "<suite>"
     fail = _failer(where)
     suite = _mapping(raw, "", fail)
@@ -94,40 +192,74 @@ def parse_suite(
     for key in ("tasks", "methods"):
         if not suite.get(key):
             fail(key, f"a suite needs at least one entry under {key!r}")
-    name = str(suite.get("name") or (source.stem if source else "suite"))
-    extra = [load_plugin(p) for p in plugins]  # every run carries them: workers load them too
-    plugins = tuple(dict.fromkeys([*extra, *_plugins(suite.get("plugins", []), source, fail)]))
-    seeds = _seeds(suite.get("seeds", [0]), fail)
-    suite_train = _mapping(suite.get("train", {}), "train", fail)
+    shared = _Shared(
+        name=_suite_name(suite.get("name"), source, fail),
+        seeds=_seeds(suite.get("seeds", [0]), fail),
+        plugins=_all_plugins(plugins, suite.get("plugins", []), source, fail),
+        train=_train_fields(suite.get("train", {}), "train", fail),
+        overrides=_train_fields(overrides or {}, "", _failer("command line"), _flag),
+        data_root=None if data_root is None else Path(data_root),
+        folder=source.parent if source else Path(),
+        fail=fail,
+    )
     methods = [
-        _method_entry(m, f"methods[{i}]", fail)
+        _with_train(*_method_entry(m, f"methods[{i}]", fail), fail)
         for i, m in enumerate(_list(suite["methods"], "methods", fail))
     ]
-    _check_unique_labels(methods, fail)
+    tasks = [
+        _with_train(*_entry(t, f"tasks[{i}]", TASKS, TASK_KEYS, fail), fail)
+        for i, t in enumerate(_list(suite["tasks"], "tasks", fail))
+    ]
+    _check_unique_labels(tasks, fail)
+    runs = [run for key, entry in tasks for run in _task_runs(shared, key, entry, methods)]
+    return Suite(shared.name, str(suite.get("description", "")), source, tuple(runs))
+
+
+def _task_runs(
+    shared: _Shared, key: str, entry: Mapping[str, Any], methods: list[tuple[str, dict[str, Any]]]
+) -> list[RunSpec]:
+    """Every run of one task entry: its grid instances x the methods (each with its grid) x the seeds."""
+    fail = shared.fail
+    data_root = _data_root(shared, key, entry)
     runs = []
-    for i, task_raw in enumerate(_list(suite["tasks"], "tasks", fail)):
-        key = f"tasks[{i}]"
-        _, task_entry = _entry(task_raw, key, TASKS, ENTRY_KEYS, fail)
-        for task_spec in _expand(task_entry, relabel=False):
-            task = _construct(TASKS, task_spec, (), key, fail)
-            base_train = {**task.train_defaults, **suite_train, **task_entry.get("train", {})}
-            for m_key, method_entry in methods:
-                for method_spec in _expand(method_entry, relabel=True, num_tasks=task.num_tasks):
-                    _construct_method(method_spec, task.num_tasks, m_key, fail)
-                    train_raw = {**base_train, **method_entry.get("train", {}), **(overrides or {})}
-                    train = _train_spec(train_raw, f"{key}/{m_key}.train", fail)
-                    runs += [RunSpec(name, task_spec, method_spec, s, train, plugins) for s in seeds]
-    return Suite(name, str(suite.get("description", "")), source, tuple(runs))
+    for task_spec in _expand(entry, relabel=False):
+        task = _construct_task(task_spec, data_root, key, fail)
+        defaults = _train_fields(dict(task.train_defaults), f"{key}: task {task.name!r} train_defaults", fail)
+        labels: dict[str, str] = {}
+        for m_key, method_entry in methods:
+            for method_spec in _expand(method_entry, relabel=True, num_tasks=task.num_tasks):
+                _claim_label(method_spec.label, m_key, labels, fail)
+                _construct_method(method_spec, task.num_tasks, m_key, fail)
+                merged = {**defaults, **shared.train, **entry["train"], **method_entry["train"]}
+                train = TrainSpec(**{**merged, **shared.overrides})
+                root = None if data_root is None else str(data_root)
+                runs += [
+                    RunSpec(shared.name, task_spec, method_spec, s, train, shared.plugins, root)
+                    for s in shared.seeds
+                ]
+    return runs
 
 
-Fail = Callable[[str, str], NoReturn]
+def _with_train(key: str, entry: dict[str, Any], fail: Fail) -> tuple[str, dict[str, Any]]:
+    """The entry with its ``train`` mapping checked where it is written and coerced."""
+    return key, {**entry, "train": _train_fields(entry.get("train", {}), f"{key}.train", fail)}
 
 
-def _failer(where: str) -> Fail:
-    def fail(key: str, message: str) -> NoReturn:
-        raise ConfigError(f"{where}: {key + ': ' if key else ''}{message}")
-
-    return fail
+def _data_root(shared: _Shared, key: str, entry: Mapping[str, Any]) -> Path | None:
+    """The folder the entry's task reads its data from (``None`` for tasks without data files)."""
+    needs_data = TASKS.get(entry["name"]).needs_data
+    written = None
+    if "data_root" in entry:
+        value = entry["data_root"]
+        if not needs_data:
+            shared.fail(f"{key}.data_root", f"task {entry['name']!r} reads no data files; remove the key")
+        if not isinstance(value, str) or not value:
+            shared.fail(f"{key}.data_root", f"expected a folder path, got {value!r}")
+        written = shared.folder / Path(value).expanduser()
+    if not needs_data:
+        return None
+    root = resolve_data_root(shared.data_root if shared.data_root is not None else written)
+    return None if root is None else root.absolute()
 
 
 def _mapping(value: Any, key: str, fail: Fail) -> dict[str, Any]:
@@ -148,34 +280,61 @@ def _check_keys(
     """Fail on the first key of ``mapping`` not in ``allowed``, suggesting the closest one."""
     for k in mapping:
         if k not in allowed:
-            close = difflib.get_close_matches(str(k), allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f"; expected one of {', '.join(allowed)}"
-            fail(f"{key}.{k}" if key else str(k), f"unknown {what}{hint}")
+            fail(f"{key}.{k}" if key else str(k), f"unknown {what}{_hint(str(k), allowed)}")
+
+
+def _hint(name: str, allowed: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name, allowed, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f"; expected one of {', '.join(allowed)}"
+
+
+def _suite_name(value: Any, source: Path | None, fail: Fail) -> str:
+    """The suite's ``name`` (default: the file's stem): a folder name under ``reports/``."""
+    name = value if value is not None else (source.stem if source else "suite")
+    if not isinstance(name, str) or not SUITE_NAME.fullmatch(name):
+        written = "" if value is not None else " (the file's name)"
+        rule = "expected letters, digits, '_', '.' or '-' (it names the report folder)"
+        fail("name", f"{rule}, got {name!r}{written}")
+    return name
 
 
 def _seeds(value: Any, fail: Fail) -> tuple[int, ...]:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    if _is_int(value) and value > 0:
         return tuple(range(value))
-    if (
-        isinstance(value, list)
-        and value
-        and all(isinstance(s, int) and not isinstance(s, bool) for s in value)
-    ):
-        return tuple(value)
-    fail("seeds", f"expected a positive count or a list of integers, got {value!r}")
+    if not isinstance(value, list) or not value or not all(_is_int(s) and s >= 0 for s in value):
+        fail("seeds", f"expected a positive count or a list of integers >= 0, got {value!r}")
+    _check_distinct(value, "seeds", "seed", fail)
+    return tuple(value)
 
 
-def _plugins(value: Any, source: Path | None, fail: Fail) -> tuple[str, ...]:
-    paths = []
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_distinct(values: list[Any], key: str, what: str, fail: Fail) -> None:
+    """Fail on the first value equal to an earlier one: each would give the same runs, stored once."""
+    for i, value in enumerate(values):
+        if value in values[:i]:
+            fail(key, f"{what} {value!r} appears twice")
+
+
+def _all_plugins(
+    command_line: Sequence[str | Path], value: Any, source: Path | None, fail: Fail
+) -> tuple[str, ...]:
+    """The command line's plugin files, then the suite's ``plugins`` (relative to the suite file), each
+    loaded once here and carried by every run, so that every worker loads them too."""
+    paths = [load_plugin(p) for p in command_line]
     for i, item in enumerate(_list(value, "plugins", fail)):
         path = Path(str(item))
         if not path.is_absolute() and source is not None:
             path = source.parent / path
         if not path.is_file():
             fail(f"plugins[{i}]", f"plugin file not found: {path}")
-        load_plugin(path)
-        paths.append(str(path.resolve()))
-    return tuple(paths)
+        try:
+            paths.append(load_plugin(path))
+        except PluginError as err:
+            fail(f"plugins[{i}]", str(err))
+    return tuple(dict.fromkeys(paths))
 
 
 def _entry(
@@ -199,6 +358,9 @@ def _entry(
     for name, values in entry.get("grid", {}).items():
         if not isinstance(values, list) or not values:
             fail(f"{key}.grid.{name}", f"expected a non-empty list of values, got {values!r}")
+        _check_distinct(values, f"{key}.grid.{name}", "value", fail)
+        if name in entry.get("params", {}):
+            fail(f"{key}.grid.{name}", "also set in params; give it in one place")
     return key, entry
 
 
@@ -250,14 +412,12 @@ def _label(entry: Mapping[str, Any]) -> str:
     return str(entry.get("label") or (f"{weighting.name}+" if weighting else "") + entry["name"])
 
 
-def _construct(
-    registry: Registry[type], spec: PluginSpec, args: tuple[Any, ...], key: str, fail: Fail
-) -> Any:
-    """Build the plugin once so that a bad hyperparameter value fails here, not mid-sweep."""
+def _construct_task(spec: PluginSpec, data_root: Path | None, key: str, fail: Fail) -> Task:
+    """Build the task once so that a bad hyperparameter value or missing data fails here, not mid-sweep."""
     try:
-        return registry.create(spec.name, *args, **spec.params)
+        return get_task(spec.name, data_root, **spec.params)
     except Exception as err:  # any constructor error (bad value, missing data) is a config error here
-        fail(key, f"{registry.kind} {spec.name!r} with {spec.params}: {err}")
+        fail(key, f"task {spec.name!r} with {spec.params}: {err}")
 
 
 def _construct_method(spec: PluginSpec, num_tasks: int, key: str, fail: Fail) -> None:
@@ -269,33 +429,55 @@ def _construct_method(spec: PluginSpec, num_tasks: int, key: str, fail: Fail) ->
         fail(key, f"method {what}{spec.name!r} with {spec.params}: {err}")
 
 
-def _check_unique_labels(methods: list[tuple[str, dict[str, Any]]], fail: Fail) -> None:
-    seen: dict[str, str] = {}
-    for key, entry in methods:
-        label = _label(entry)
-        if label in seen and not entry.get("grid"):
-            fail(f"{key}.label", f"label {label!r} is already used by {seen[label]}; give one a 'label'")
-        seen[label] = key
+def _check_unique_labels(entries: list[tuple[str, dict[str, Any]]], fail: Fail) -> None:
+    """Task entries with one label would be pooled in one report row (a task grid is, by design)."""
+    labels: dict[str, str] = {}
+    for key, entry in entries:
+        _claim_label(_label(entry), key, labels, fail)
 
 
-def _train_spec(raw: Mapping[str, Any], key: str, fail: Fail) -> TrainSpec:
-    hints = get_type_hints(TrainSpec)
-    fields = [f.name for f in dataclasses.fields(TrainSpec)]
-    _check_keys(raw, tuple(fields), key, fail)
+def _claim_label(label: str, key: str, labels: dict[str, str], fail: Fail) -> None:
+    """Record that entry ``key`` makes runs labelled ``label``; fail if another entry does too."""
+    owner = labels.setdefault(label, key)
+    if owner != key:
+        fail(f"{key}.label", f"label {label!r} is already used by {owner}; give one a 'label'")
+
+
+def _flag(name: str) -> str:
+    """The command-line option that overrides the TrainSpec field ``name``."""
+    return "--" + name.replace("_", "-")
+
+
+def _train_fields(
+    raw: Any, key: str, fail: Fail, field_key: Callable[[str], str] | None = None
+) -> dict[str, Any]:
+    """Check one ``train`` mapping where it is written (``key``) and return its values, coerced.
+
+    ``field_key`` names a field in messages (default ``key.field``).
+    """
+    name_of = field_key or (lambda name: f"{key}.{name}")
     values = {}
-    for name, value in raw.items():
-        values[name] = _coerce(value, hints[name], f"{key}.{name}", fail)
-        choices = TRAIN_CHOICES.get(name)
-        if choices is not None and values[name] not in choices:
-            fail(f"{key}.{name}", f"got {value!r}; expected one of {', '.join(map(str, choices))}")
-    spec = TrainSpec(**values)
-    for name in ("steps", "eval_every"):
-        if getattr(spec, name) < 1:
-            fail(f"{key}.{name}", f"must be >= 1, got {getattr(spec, name)}")
-    if spec.lr <= 0:
-        fail(f"{key}.lr", f"must be > 0, got {spec.lr}")
-    _check_device(spec.device, f"{key}.device", fail)
-    return spec
+    for name, value in _mapping(raw, key, fail).items():
+        if name not in TRAIN_FIELDS:
+            fail(name_of(str(name)), f"unknown key{_hint(str(name), TRAIN_FIELDS)}")
+        values[name] = _coerce(value, TRAIN_TYPES[name], name_of(name), fail)
+        _check_train_value(name, values[name], name_of(name), fail)
+    return values
+
+
+def _check_train_value(name: str, value: Any, key: str, fail: Fail) -> None:
+    """A setting's choices, bounds (finite numbers) or device."""
+    choices = TRAIN_CHOICES.get(name)
+    if choices is not None and value not in choices:
+        fail(key, f"got {value!r}; expected one of {', '.join(map(str, choices))}")
+    if name in TRAIN_BOUNDS and value is not None:
+        low, inclusive = TRAIN_BOUNDS[name]
+        if not math.isfinite(value):
+            fail(key, f"must be a finite number, got {value}")
+        if value < low or (value == low and not inclusive):
+            fail(key, f"must be {'>=' if inclusive else '>'} {low}, got {value}")
+    if name == "device":
+        _check_device(value, key, fail)
 
 
 def _check_device(name: str, key: str, fail: Fail) -> None:
@@ -308,14 +490,18 @@ def _check_device(name: str, key: str, fail: Fail) -> None:
 
 
 def _coerce(value: Any, hint: Any, key: str, fail: Fail) -> Any:
-    """Check ``value`` against a TrainSpec field type; ints are accepted where floats are expected."""
+    """Check ``value`` against a TrainSpec field type; where floats are expected, ints and strings that
+    parse as floats (``"1e-3"``) are accepted as floats."""
     allowed = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
     if value is None and type(None) in allowed:
         return None
     if isinstance(value, bool):
         ok = bool in allowed
-    elif isinstance(value, int) and float in allowed and int not in allowed:
-        return float(value)
+    elif isinstance(value, int | str) and float in allowed and int not in allowed:
+        try:
+            return float(value)
+        except ValueError:
+            ok = False
     else:
         ok = any(isinstance(value, t) for t in allowed if t is not type(None))
     if not ok:

@@ -61,7 +61,8 @@ CREATE INDEX IF NOT EXISTS timings_run_id ON timings (run_id);
 
 
 class StoreError(UserError):
-    """The path is not a results store (another file, another SQLite database, a newer schema)."""
+    """The path is not a results store (missing, another file, another SQLite database, a newer schema,
+    corrupted pages)."""
 
 
 @cache
@@ -117,18 +118,26 @@ def _migrate_from_1(conn: sqlite3.Connection) -> None:
 
 
 class ResultsStore:
-    """Runs, metrics and timings of every suite in one SQLite file (created with its parent directory)."""
+    """Runs, metrics and timings of every suite in one SQLite file.
 
-    def __init__(self, path: str | Path, timeout: float = 60.0) -> None:
+    With ``create`` (to write runs) a missing file is created with its parent directory; without (to
+    read, as reports do) a missing file is a :class:`StoreError`. Opening checks the file's integrity
+    (``PRAGMA quick_check``), so a corrupted store fails here, naming the file, not in a later query.
+    """
+
+    def __init__(self, path: str | Path, timeout: float = 60.0, create: bool = True) -> None:
         self.path = Path(path)
         self.timeout = timeout
         if self.path.is_dir():
             raise StoreError(f"{self.path}: is a directory, not a results store")
+        if not create and not self.path.is_file():
+            raise StoreError(f"{self.path}: no results store here (run a suite first, or give --results)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._initialise()
+            self._check_integrity()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: not a results store ({exc})") from exc
+            raise StoreError(f"{self.path}: not a results store, or a corrupt one ({exc})") from exc
 
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.path)!r})"
@@ -173,6 +182,15 @@ class ResultsStore:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
+
+    def _check_integrity(self) -> None:
+        """``PRAGMA quick_check`` (https://sqlite.org/pragma.html#pragma_quick_check): "ok", or the
+        problems it found."""
+        with self._connect() as conn:
+            rows = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
+        if rows != ["ok"]:
+            problems = [line for row in rows for line in row.splitlines() if not line.startswith("***")]
+            raise StoreError(f"{self.path}: the store is corrupt: {'; '.join(problems)}")
 
     def save(self, result: RunResult) -> int:
         """Write a run and all its rows in one transaction, replacing a record with the same config hash.

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 import yaml
 
 import tests.benchmark.linear_task  # noqa: F401  (registers the "_linear" task)
 from benchmark.config import ConfigError, load_suite, parse_suite
+from benchmark.data import ENV_VAR
+from benchmark.registry import TASKS
 from benchmark.specs import TrainSpec
+from tests.benchmark.linear_task import LinearTask
+from tests.benchmark.marker_task import MARKER
+
+
+@TASKS.register("_bad_defaults")
+class BadDefaultsTask(LinearTask):
+    """The linear test task with a learning rate in its own defaults that no run can use."""
+
+    train_defaults = MappingProxyType({**LinearTask.train_defaults, "lr": -1.0})
 
 
 def suite(**changes):
@@ -99,6 +111,57 @@ def test_seed_count() -> None:
             "method 'fixed' + 'graddrop' with {}: fixed: weights must be a finite number or 3 of them",
         ),
         ({"tasks": [{"name": "_linear", "weighting": "ew"}]}, "tasks[0].weighting: unknown key"),
+        # every message names where the value was written (bug 4)
+        ({"train": {"lr": -1.0}}, "x.yaml: train.lr: must be > 0, got -1.0"),
+        (
+            {"tasks": [{"name": "_linear", "train": {"lr": 0}}]},
+            "x.yaml: tasks[0].train.lr: must be > 0, got 0",
+        ),
+        (
+            {"methods": ["ew", {"name": "pcgrad", "train": {"eval_every": 0}}]},
+            "x.yaml: methods[1].train.eval_every: must be >= 1, got 0",
+        ),
+        (
+            {"tasks": ["_bad_defaults"]},
+            "tasks[0]: task '_bad_defaults' train_defaults.lr: must be > 0, got -1.0",
+        ),
+        # values that passed the check and then failed mid-sweep or silently (bug 9)
+        ({"train": {"lr": float("nan")}}, "train.lr: must be a finite number, got nan"),
+        ({"train": {"lr": float("inf")}}, "train.lr: must be a finite number, got inf"),
+        ({"train": {"lr": "fast"}}, "train.lr: expected float, got 'fast'"),
+        ({"train": {"weight_decay": -0.1}}, "train.weight_decay: must be >= 0, got -0.1"),
+        ({"train": {"batch_size": -4}}, "train.batch_size: must be >= 1, got -4"),
+        ({"train": {"clip_grad_norm": -1.0}}, "train.clip_grad_norm: must be > 0, got -1.0"),
+        ({"train": {"warmup_steps": -5}}, "train.warmup_steps: must be >= 0, got -5"),
+        ({"seeds": [0, -1]}, "seeds: expected a positive count or a list of integers >= 0, got [0, -1]"),
+        ({"seeds": [0, 1, 0]}, "seeds: seed 0 appears twice"),
+        (
+            {"methods": [{"name": "graddrop", "grid": {"k": [0.5, 1.0, 0.5]}}]},
+            "methods[0].grid.k: value 0.5 appears twice",
+        ),
+        (
+            {"methods": [{"name": "graddrop", "params": {"k": 0.5}, "grid": {"k": [1.0, 2.0]}}]},
+            "methods[0].grid.k: also set in params",
+        ),
+        (
+            {
+                "methods": [
+                    {"name": "graddrop", "label": "graddrop(k=0.5)"},
+                    {"name": "graddrop", "grid": {"k": [0.5]}},
+                ]
+            },
+            "methods[1].label: label 'graddrop(k=0.5)' is already used by methods[0]",
+        ),
+        (
+            {"tasks": ["_linear", {"name": "_linear", "params": {"num_tasks": 2}}]},
+            "tasks[1].label: label '_linear'",
+        ),
+        ({"name": "../../x"}, "name: expected letters, digits, '_', '.' or '-' (it names the report folder)"),
+        ({"name": ["a", "b"]}, "name: expected letters, digits"),
+        (
+            {"tasks": [{"name": "_linear", "data_root": "d"}]},
+            "tasks[0].data_root: task '_linear' reads no data",
+        ),
     ],
 )
 def test_errors_name_the_key_and_the_value(changes: dict, message: str) -> None:
@@ -157,3 +220,94 @@ def test_a_method_default_grid_expands_into_one_run_per_task() -> None:
     assert [r.method.params for r in runs] == [{"task": 0}, {"task": 1}, {"task": 2}]
     pinned = parse_suite(suite(methods=[{"name": "stl", "params": {"task": 2}}], seeds=[0])).runs
     assert [(r.method.label, r.method.params) for r in pinned] == [("stl", {"task": 2})]
+
+
+def write_suite(path: Path, **changes: object) -> Path:
+    path.write_text(yaml.safe_dump(suite(**changes)))
+    return path
+
+
+def test_float_settings_accept_numbers_written_as_strings(tmp_path: Path) -> None:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; it is the number the user meant."""
+    path = tmp_path / "s.yaml"
+    path.write_text("tasks: [_linear]\nmethods: [ew]\ntrain: {lr: 1e-3, lr_gamma: '5e-1'}\n")
+    train = load_suite(path).runs[0].train
+    assert (train.lr, train.lr_gamma) == (0.001, 0.5)
+
+
+def test_a_key_given_twice_fails_naming_the_key_and_its_lines(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text("tasks: [_linear]\nmethods: [ew]\ntrain:\n  lr: 0.1\n  steps: 3\n  lr: 0.2\n")
+    with pytest.raises(
+        ConfigError, match=r"twice\.yaml: .*line 6.*key 'lr' appears twice \(first on line 4\)"
+    ):
+        load_suite(path)
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "latin.yaml"
+    path.write_bytes("name: caf\xe9\ntasks: [_linear]\nmethods: [ew]\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin\.yaml: not UTF-8 text \(byte 9"):
+        load_suite(path)
+
+
+def test_yaml_tags_build_no_objects(tmp_path: Path) -> None:
+    path = tmp_path / "tag.yaml"
+    path.write_text("tasks: [_linear]\nmethods: [ew]\nname: !!python/object/apply:os.getcwd []\n")
+    with pytest.raises(ConfigError, match=r"tag\.yaml: not valid YAML: line 3"):
+        load_suite(path)
+
+
+def test_an_override_error_names_the_command_line_flag() -> None:
+    with pytest.raises(ConfigError, match=r"^command line: --device: not a torch device: 'gpu0'"):
+        parse_suite(suite(), source=Path("configs/x.yaml"), overrides={"device": "gpu0"})
+
+
+def marker_suite(tmp_path: Path, **entry: object) -> Path:
+    """A suite file in ``tmp_path`` running the data-reading test task."""
+    return write_suite(tmp_path / "s.yaml", tasks=[{"name": "_marker", **entry}], methods=["ew"], seeds=1)
+
+
+def data_folder(path: Path) -> Path:
+    path.mkdir()
+    (path / MARKER).write_text("ready")
+    return path
+
+
+def test_a_task_entry_data_root_is_relative_to_the_suite_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    root = data_folder(tmp_path / "data")
+    (run,) = load_suite(marker_suite(tmp_path, data_root="data")).runs
+    assert Path(run.data_root) == root.absolute()
+    elsewhere = data_folder(tmp_path / "copy")
+    (moved,) = load_suite(marker_suite(tmp_path, data_root="copy")).runs
+    assert Path(moved.data_root) == elsewhere.absolute()
+    assert moved.config_hash() == run.config_hash()  # where the data lives is not the run's identity
+
+
+def test_the_data_root_comes_from_the_command_line_then_the_entry_then_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli, entry, env = (data_folder(tmp_path / name) for name in ("cli", "entry", "env"))
+    monkeypatch.setenv(ENV_VAR, str(env))
+    assert Path(load_suite(marker_suite(tmp_path, data_root="entry"), data_root=cli).runs[0].data_root) == cli
+    assert Path(load_suite(marker_suite(tmp_path, data_root="entry")).runs[0].data_root) == entry.absolute()
+    assert Path(load_suite(marker_suite(tmp_path)).runs[0].data_root) == env
+
+
+def test_tasks_without_data_get_no_data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_VAR, str(tmp_path))
+    assert load_suite(write_suite(tmp_path / "s.yaml"), data_root=tmp_path).runs[0].data_root is None
+
+
+def test_missing_data_fails_before_anything_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"s\.yaml: tasks\[0\]: task '_marker' .*empty/marker: missing"):
+        load_suite(marker_suite(tmp_path, data_root="empty"))
+    with pytest.raises(ConfigError, match=r"tasks\[0\]: task '_marker' .*--data-root"):
+        load_suite(marker_suite(tmp_path))
+    with pytest.raises(ConfigError, match=r"tasks\[0\]\.data_root: expected a folder path, got 3"):
+        load_suite(marker_suite(tmp_path, data_root=3))

@@ -177,3 +177,33 @@ def test_a_file_that_is_not_a_store_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StoreError, match=r"other\.db"):
         ResultsStore(other)
+
+
+def test_opening_without_create_refuses_a_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "none" / "store.sqlite"
+    with pytest.raises(StoreError, match=r"none/store\.sqlite: no results store"):
+        ResultsStore(path, create=False)
+    assert not path.parent.exists()
+    ResultsStore(path)
+    assert ResultsStore(path, create=False).suites() == []
+
+
+def corrupt_pages(path: Path) -> None:
+    """Overwrite every page but the first (the header and schema) with garbage."""
+    page = 4096
+    data = bytearray(path.read_bytes())
+    data[page:] = bytes((7 * i + 3) % 256 for i in range(len(data) - page))
+    path.write_bytes(bytes(data))
+
+
+def test_a_store_with_corrupted_pages_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    store = ResultsStore(path)
+    for seed in range(5):
+        store.save(make_result(seed=seed))
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    corrupt_pages(path)
+    with pytest.raises(StoreError, match=r"r\.db: .*corrupt"):
+        ResultsStore(path).runs()
