@@ -1,9 +1,9 @@
 """MultiDigits: two overlapping digits in one image, one 10-way classification task per digit.
 
 The MultiMNIST protocol of Sener & Koltun 2018, "Multi-Task Learning as Multi-Objective Optimization",
-NeurIPS (§6.1, after Sabour et al. 2017's MultiMNIST), scaled to scikit-learn's 8×8 digits so that it
+NeurIPS (after Sabour et al. 2017's MultiMNIST), scaled to scikit-learn's 8×8 digits so that it
 runs on a CPU: one digit shifted to the top-left and another to the bottom-right of a small canvas
-(12×12 by default, where 28×28 MNIST digits go on a 36×36 canvas there), overlapping in the middle;
+(12×12 by default; the original places 28×28 MNIST digits), overlapping in the middle;
 task ``left`` classifies the top-left digit and ``right`` the bottom-right one. Overlapping pixels take
 the maximum of the two digits. Pairs are drawn with a generator seeded by the split seed and the
 split, within each split of the seeded train/val/test split of :mod:`tasks.digits`, so a digit never
