@@ -87,10 +87,17 @@ def _check_attributes(attributes: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(attributes)
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
+def check_int(name: str, value: object, minimum: int, task: str = "digits") -> int:
+    """``value``, an integer (not a bool) >= ``minimum``; else a ``ValueError`` naming the task and key."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"digits: {name}={value!r} must be an integer >= {minimum}")
+        raise ValueError(f"{task}: {name}={value!r} must be an integer >= {minimum}")
     return value
+
+
+def shuffled_rows(count: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+    """Row indices of consecutive batches over shuffled epochs of ``count`` rows, without end."""
+    while True:
+        yield from torch.randperm(count, generator=generator).split(batch_size)
 
 
 def scores(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -129,8 +136,8 @@ class Digits(Task):
         self, attributes: Sequence[str] | None = None, hidden: int = 128, split_seed: int = 0
     ) -> None:
         super().__init__(_check_attributes(attributes))
-        self.hidden = _check_int("hidden", hidden, 1)
-        self.split_seed = _check_int("split_seed", split_seed, 0)
+        self.hidden = check_int("hidden", hidden, 1)
+        self.split_seed = check_int("split_seed", split_seed, 0)
 
     @cached_property
     def data(self) -> Mapping[str, tuple[Tensor, Tensor]]:
@@ -156,12 +163,11 @@ class Digits(Task):
         """Shuffled epochs over the training split, without end; ``None`` means the whole split."""
         images, targets = self.data["train"]
         size = self._batch_size(batch_size)
-        while True:
-            for rows in torch.randperm(len(images), generator=generator).split(size):
-                yield Batch(images[rows], targets[rows])
+        for rows in shuffled_rows(len(images), size, generator):
+            yield Batch(images[rows], targets[rows])
 
     def _batch_size(self, batch_size: int | None) -> int:
-        return len(self.data["train"][0]) if batch_size is None else _check_int("batch_size", batch_size, 1)
+        return len(self.data["train"][0]) if batch_size is None else check_int("batch_size", batch_size, 1)
 
     def losses(self, outputs: list[Tensor], batch: Batch) -> Tensor:
         logits = torch.stack(outputs, dim=1)
