@@ -43,7 +43,8 @@ def test_registered_with_metrics_and_defaults(root):
     assert task.train_defaults["steps"] == 15 * 636  # 15 epochs of ceil(162,770 / 256) steps
     assert task.train_defaults["lr"] == 3e-4 and task.train_defaults["batch_size"] == 256
     assert CelebA(model="resnet18", data_root=root).train_defaults["lr"] == 5e-4
-    assert [(m.name, m.higher_is_better) for m in task.metrics()] == [("mean_error", False), ("mean_f1", True)]
+    directions = [(m.name, m.higher_is_better) for m in task.metrics()]
+    assert directions == [("mean_error", False), ("mean_f1", True)]
     assert task.selection_metric == "mean_error" and task.eval_splits == ("val", "test")
     assert "data_root" not in CelebA.defaults()
 
@@ -55,7 +56,8 @@ def test_reads_the_official_layout(root):
     assert [len(task.dataset(s)) for s in ("train", "val", "test")] == [20, 8, 8]
     first = 20  # the first val image
     pixels, target = val[0]
-    expected = Image.open(root / "img_align_celeba" / image_name(first)).convert("RGB").resize((8, 8), Image.BILINEAR)
+    jpeg = Image.open(root / "img_align_celeba" / image_name(first)).convert("RGB")
+    expected = jpeg.resize((8, 8), Image.Resampling.BILINEAR)  # FAMO's Resize((64, 64)) on a PIL image
     assert pixels.shape == (3, 8, 8) and pixels.dtype == torch.float32
     torch.testing.assert_close(pixels * 255, torch.tensor(np.asarray(expected)).permute(2, 0, 1).float())
     columns = [ATTRIBUTES.index("Bald"), ATTRIBUTES.index("Young")]
@@ -100,8 +102,8 @@ def test_missing_partition_list_and_image_folder(root):
         (("list_attr_celeba.txt", 5, "000003.jpg 1 2"), r"list_attr_celeba\.txt:5: expected an image name"),
         (("list_attr_celeba.txt", 7, "000005.jpg" + " 1" * 41), r"list_attr_celeba\.txt:7: more than 41"),
         (("list_attr_celeba.txt", 9, None), r"list_attr_celeba\.txt:1: declares 36 images but lists 35"),
-        (("list_attr_celeba.txt", 6, "000003.jpg" + " 1" * 40), r"list_attr_celeba\.txt:6: 000003.jpg .*twice"),
-        (("list_eval_partition.txt", 4, "000004.jpg 3"), r"list_eval_partition\.txt:4: expected .* 0, 1 or 2"),
+        (("list_attr_celeba.txt", 6, "000003.jpg" + " 1" * 40), r"celeba\.txt:6: 000003.jpg .*twice"),
+        (("list_eval_partition.txt", 4, "000004.jpg 3"), r"partition\.txt:4: expected .* 0, 1 or 2"),
         (("list_eval_partition.txt", 4, None), r"list_eval_partition\.txt: no entry for 000004\.jpg"),
     ],
 )
