@@ -283,3 +283,13 @@ def test_paper_suites_load(root, monkeypatch, suite):
     assert loaded.description and loaded.runs
     assert {r.task.name for r in loaded.runs} == {"celeba"}
     assert all(r.train.batch_size == 256 and r.train.device == "cpu" for r in loaded.runs)
+
+
+@pytest.mark.slow
+def test_loader_workers_give_the_same_batches(root):
+    CelebA.prepare(root, workers=0, image_size=8)
+    in_process = CelebA(image_size=8, data_root=root)
+    with_worker = CelebA(image_size=8, workers=1, data_root=root)
+    assert with_worker.cache is not None
+    for a, b in zip(batches(in_process, 5, 3), batches(with_worker, 5, 3), strict=True):
+        assert torch.equal(a, b)
