@@ -44,13 +44,14 @@ class Labelled:
 
 @dataclass(frozen=True)
 class TransferData:
-    """The source and target training sets, and per evaluation split (``"val"``, ``"test"``) each's
-    evaluation set."""
+    """The source and target training sets, per evaluation split (``"val"``, ``"test"``) each's
+    evaluation set, and the number of classes of each, ``(source, target)``."""
 
     source_train: Labelled
     target_train: Labelled
     source_eval: Mapping[str, Labelled]
     target_eval: Mapping[str, Labelled]
+    num_classes: tuple[int, int]
 
 
 def check_int(task: str, name: str, value: Any, minimum: int) -> int:

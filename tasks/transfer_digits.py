@@ -89,6 +89,7 @@ class TransferDigits(TransferTask):
             target_train=few_labels(sides["target"]["train"], self.labels_per_class, self.split_seed),
             source_eval=MappingProxyType({s: sides["source"][s] for s in evaluation}),
             target_eval=MappingProxyType({s: sides["target"][s] for s in evaluation}),
+            num_classes=(len(SOURCE_CLASSES), len(TARGET_CLASSES)),
         )
 
     def build_model(self) -> MultiTaskModel:
