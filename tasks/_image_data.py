@@ -63,6 +63,7 @@ _ARRAY_GLOBALS = frozenset(
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),  # bytes in a protocol-2 pickle written by Python 3
     }
 )
 
