@@ -40,7 +40,9 @@ from benchmark.task import MultiTaskModel
 from tasks._image_data import (
     CIFAR10_LAYOUT,
     CIFAR100_LAYOUT,
+    CIFAR_SOURCE,
     IMAGEFOLDER_LAYOUT,
+    IMAGENET_SOURCE,
     SIZE,
     Images,
     cifar10_files,
@@ -215,22 +217,20 @@ class Transfer(TransferTask):
     def check_files(self) -> None:
         """Fail early, with a :class:`DataError` naming the first missing file, before any training."""
         target = self.path(self.target_dir)
-        needed = [target / "meta", target / "train", target / "test"]
-        layouts = [CIFAR100_LAYOUT] * 3
+        needed = [(target / name, CIFAR100_LAYOUT, CIFAR_SOURCE) for name in ("meta", "train", "test")]
         source = self.path(self.source_dir)
         if self.source == "cifar10":
             files = [source / "batches.meta", *cifar10_files(source, "train"), *cifar10_files(source, "test")]
-            needed += files
-            layouts += [CIFAR10_LAYOUT] * len(files)
+            needed += [(path, CIFAR10_LAYOUT, CIFAR_SOURCE) for path in files]
         elif not source.is_dir():
-            needed.append(source)
-            layouts.append(IMAGEFOLDER_LAYOUT)
+            needed.append((source, IMAGEFOLDER_LAYOUT, IMAGENET_SOURCE))
         if self.checkpoint is not None:
-            needed.append(self.path(self.checkpoint))
-            layouts.append("a torch.save'd state_dict of the trunk")
-        for path, layout in zip(needed, layouts, strict=True):
+            needed.append(
+                (self.path(self.checkpoint), "a torch.save'd state_dict of the trunk", "your own training")
+            )
+        for path, layout, published in needed:
             if not path.exists():
-                raise DataError(f"{path}: not found; expected {layout} (see 'python run_all.py list tasks')")
+                raise DataError(f"{path}: not found; expected {layout} (published at {published})")
 
     @cached_property
     def data(self) -> TransferData:
