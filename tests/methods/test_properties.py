@@ -8,6 +8,8 @@ Every check builds a fresh method, so stateful methods are tested from their fir
 from __future__ import annotations
 
 import inspect
+import math
+import re
 
 import numpy as np
 import pytest
@@ -53,6 +55,30 @@ def update_of(name: str, grads: Tensor, seed: int = 0, losses: Tensor | None = N
     return build(name, grads.shape[0]).combine(grads, ctx)
 
 
+def wrong_values(default: object) -> list[object]:
+    """Values of the wrong type (or non-finite) for a hyperparameter whose default is ``default``."""
+    if isinstance(default, bool):
+        return ["false", "true", 0, 1, None]
+    if isinstance(default, int | float):
+        return ["1", True, False, None, math.nan, math.inf]
+    if isinstance(default, str):
+        return [f"no_such_{default}", default.upper(), None, True, 1]
+    if default is None:  # an optional number per task
+        return ["1" * T, True, math.nan, [True] * T, [math.inf] * T]
+    return [object()]
+
+
+def hyperparameter_cases() -> list[object]:
+    """``(method, key, value)`` for every default-valued constructor parameter and wrong value."""
+    return [
+        pytest.param(name, key, value, id=f"{name}-{key}-{value!r}")
+        for name in NAMES
+        for key, default in METHODS.get(name).defaults().items()
+        if default is not inspect.Parameter.empty
+        for value in wrong_values(default)
+    ]
+
+
 def conflicting_matrices() -> list[Tensor]:
     """Random matrices with conflicts: more parameters than tasks, fewer, and one task per direction."""
     return [
@@ -89,6 +115,18 @@ def test_finite_shape_dtype_under_scaling(name: str, dtype: torch.dtype, scale: 
     assert update.shape == grads.shape[1:]
     assert update.dtype == dtype
     assert torch.isfinite(update).all()
+
+
+@pytest.mark.parametrize(("name", "key", "value"), hyperparameter_cases())
+def test_constructor_rejects_wrong_hyperparameters(name: str, key: str, value: object) -> None:
+    """A string for a number, ``True`` for a number, ``"false"`` for a flag, ``None`` where not allowed:
+    a ``ValueError`` naming the method, the key and the value, before anything runs."""
+    with pytest.raises(ValueError) as err:
+        get_method(name, num_tasks=T, **{key: value})
+    message = str(err.value)
+    for part in (name, key):
+        assert re.search(rf"(?<![\w.]){re.escape(part)}\b", message), f"{part!r} not named in {message!r}"
+    assert repr(value) in message
 
 
 @pytest.mark.parametrize("name", NAMES)
