@@ -55,6 +55,24 @@ def update_of(name: str, grads: Tensor, seed: int = 0, losses: Tensor | None = N
     return build(name, grads.shape[0]).combine(grads, ctx)
 
 
+def degenerate_matrices(dtype: torch.dtype) -> dict[str, Tensor]:
+    """Gradients at which solvers divide by zero or invert singular systems."""
+    row, matrix = sample_grads(7, dtype=dtype), sample_grads(T, 7, dtype=dtype, seed=1)
+    return {
+        "opposite": torch.stack([row, -row]),
+        "opposite_pairs": torch.stack([row, -row, row, -row]),
+        "opposite_scaled": torch.stack([row, -3 * row, 2 * row]),
+        "identical": row.repeat(T, 1),
+        "zero": torch.zeros(T, 7, dtype=dtype),
+        "tiny_1e-30": matrix * 1e-30,
+        "tiny_1e-40": matrix * 1e-40,  # subnormal in float32
+        "opposite_tiny_1e-40": torch.stack([row, -row]) * 1e-40,
+    }
+
+
+DEGENERATE = list(degenerate_matrices(torch.float64))
+
+
 def wrong_values(default: object) -> list[object]:
     """Values of the wrong type (or non-finite) for a hyperparameter whose default is ``default``."""
     if isinstance(default, bool):
@@ -127,6 +145,18 @@ def test_constructor_rejects_wrong_hyperparameters(name: str, key: str, value: o
     for part in (name, key):
         assert re.search(rf"(?<![\w.]){re.escape(part)}\b", message), f"{part!r} not named in {message!r}"
     assert repr(value) in message
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", DEGENERATE)
+def test_finite_update_for_degenerate_gradients(name: str, dtype: torch.dtype, case: str) -> None:
+    """Three steps of a fresh method on the same degenerate gradients: every update is finite."""
+    grads = degenerate_matrices(dtype)[case]
+    method = build(name, grads.shape[0])
+    for step in range(3):
+        update = method.combine(grads, make_ctx(grads.shape[0], dtype, seed=step, step=step))
+        assert update.shape == grads.shape[1:] and torch.isfinite(update).all(), f"step {step}: {update}"
 
 
 @pytest.mark.parametrize("name", NAMES)
