@@ -54,6 +54,7 @@ class ConFIG(GramianMethod):
     description = "Direction of equal cosine with all task gradients, scaled by their summed projections"
     citation = "Liu et al. 2025, ICLR"
     level = "param"
+    deterministic = True
     permutation_invariant = True
     linear_under_scaling = True
 

@@ -40,6 +40,7 @@ class FAMO(WeightingMethod):
     description = "FAMO: loss weights learned online so that all log-losses decrease at the same rate"
     citation = "Liu et al. 2023, NeurIPS"
     level = "param"
+    deterministic = True
     needs_losses_after_step = True
     default_method_lr = 0.025
     permutation_invariant = True

@@ -42,6 +42,7 @@ class GradNorm(WeightedMethod):
     description = "Learnable task weights trained to equalise the weighted gradient norms (GradNorm)"
     citation = "Chen et al. 2018, ICML"
     level = "feature"
+    deterministic = True
     permutation_invariant = True
     linear_under_scaling = True
 

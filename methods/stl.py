@@ -30,6 +30,7 @@ class SingleTask(WeightingMethod):
     description = "Single-task learning: the gradient of one chosen task's loss"
     citation = "Caruana 1997, Machine Learning"
     level = "param"
+    deterministic = True
     linear_under_scaling = True
 
     def __init__(self, num_tasks: int, task: int = 0) -> None:

@@ -73,6 +73,30 @@ def degenerate_matrices(dtype: torch.dtype) -> dict[str, Tensor]:
 DEGENERATE = list(degenerate_matrices(torch.float64))
 
 
+def run_steps(method: Method, generator_seed: int | None, global_seed: int, steps: int = 7) -> list[Tensor]:
+    """The updates of ``method`` over one fixed sequence of gradients, second-batch gradients, losses and
+    epochs, as the trainer runs it: losses after each step for methods that want them, and an SGD step
+    of the method's own parameters. Randomness: ``ctx.generator`` seeded with ``generator_seed`` (``None``:
+    no generator) and torch's global RNG with ``global_seed``, restored afterwards."""
+    parameters = list(method.parameters())
+    optimizer = torch.optim.SGD(parameters, lr=0.1) if parameters else None
+    updates = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(global_seed)
+        generator = None if generator_seed is None else torch.Generator().manual_seed(generator_seed)
+        for step in range(steps):
+            losses = torch.rand(T, generator=torch.Generator().manual_seed(step), dtype=torch.float64) + 0.5
+            extra = sample_grads(T, 7, seed=100 + step) if method.batches_per_step == 2 else None
+            ctx = StepContext(losses=losses, step=step, generator=generator, epoch=step, extra_grads=extra)
+            updates.append(method.combine(sample_grads(T, 7, seed=step), ctx))
+            if method.needs_losses_after_step:
+                method.losses_after_step(0.9 * losses)
+            if optimizer is not None:
+                optimizer.step()
+                optimizer.zero_grad()
+    return updates
+
+
 def wrong_values(default: object) -> list[object]:
     """Values of the wrong type (or non-finite) for a hyperparameter whose default is ``default``."""
     if isinstance(default, bool):
@@ -197,6 +221,31 @@ def test_seeded_generator_reproduces_the_update(name: str) -> None:
     first = build(name).combine(grads, make_ctx(T, torch.float64, seed=3))
     second = build(name).combine(grads, make_ctx(T, torch.float64, seed=3))
     assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if build(n).deterministic])
+def test_deterministic_methods_ignore_every_random_draw(name: str) -> None:
+    """Two fresh instances on the same sequence, with different generators and global seeds."""
+    first = run_steps(build(name), generator_seed=0, global_seed=0)
+    second = run_steps(build(name), generator_seed=1, global_seed=1)
+    for step, (a, b) in enumerate(zip(first, second, strict=True)):
+        assert torch.equal(a, b), f"step {step}: the update depends on a random draw"
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if not build(n).deterministic])
+def test_methods_not_claiming_determinism_draw_random_numbers(name: str) -> None:
+    """Why a method does not claim ``deterministic``: its updates change with ``ctx.generator`` (or,
+    without one, with torch's global RNG) at least once over a few steps."""
+    differ = [
+        any(not torch.equal(a, b) for a, b in zip(*runs, strict=True))
+        for runs in (
+            (run_steps(build(name), 0, 0), run_steps(build(name), 1, 0)),
+            (run_steps(build(name), None, 0), run_steps(build(name), None, 1)),
+        )
+    ]
+    if not any(differ) and not METHODS.get(name).__module__.startswith("methods."):
+        pytest.skip(f"plugin {name!r} draws no random number here; it could claim deterministic")
+    assert differ[0] or differ[1], f"{name} draws no random number: set deterministic = True"
 
 
 @pytest.mark.parametrize("name", NAMES)
