@@ -22,6 +22,11 @@ def _within(value: float, low: float, high: float, low_open: bool, high_open: bo
     return above and below
 
 
+def is_number(value: Any) -> bool:
+    """Whether ``value`` is a real number as YAML gives one: an int or a float, not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def check_number(
     method: str,
     key: str,
@@ -32,8 +37,7 @@ def check_number(
     high_open: bool = False,
 ) -> float:
     """``value`` as a float: a finite number (not a bool) in the interval from ``low`` to ``high``."""
-    valid = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not (valid and _within(value, low, high, low_open, high_open)):
+    if not (is_number(value) and math.isfinite(value) and _within(value, low, high, low_open, high_open)):
         bounds = _bounds(low, high, low_open, high_open)
         raise ValueError(f"{method}: {key} must be a finite number {bounds}, got {value!r}")
     return float(value)
@@ -41,7 +45,7 @@ def check_number(
 
 def check_integer(method: str, key: str, value: Any, low: int = 0, high: float = math.inf) -> int:
     """``value``: an integer (not a bool) in ``[low, high]``."""
-    if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
+    if not (is_number(value) and isinstance(value, int) and low <= value <= high):
         bounds = _bounds(low, high, low_open=False, high_open=False)
         raise ValueError(f"{method}: {key} must be an integer {bounds}, got {value!r}")
     return value
@@ -54,28 +58,32 @@ def check_choice(method: str, key: str, value: Any, choices: Sequence[Any]) -> A
     return value
 
 
+def check_flag(method: str, key: str, value: Any) -> bool:
+    """``value``: ``True`` or ``False`` itself; ``"false"``, 0, 1 or ``None`` are not flags."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{method}: {key} must be true or false, got {value!r}")
+    return value
+
+
 def task_vector(
     method: str,
     key: str,
     values: float | list[float] | None,
     num_tasks: int,
-    default: float,
+    default: float | None = None,
     low: float = -math.inf,
     high: float = math.inf,
 ) -> Tensor:
-    """``values`` as a float64 ``[T]`` tensor: ``default`` everywhere for ``None``, a number for every
-    task, or ``num_tasks`` numbers, each finite and in ``[low, high]``."""
-    if values is None:
+    """``values`` as a float64 ``[T]`` tensor: ``default`` everywhere for ``None`` (refused when there is
+    no ``default``), a number for every task, or a list of ``num_tasks`` numbers, each finite and in
+    ``[low, high]`` (bools and strings are not numbers)."""
+    if values is None and default is not None:
         values = default
-    raw = [values] * num_tasks if isinstance(values, int | float) else values
-    try:
-        floats = [float(v) for v in raw]
-    except (TypeError, ValueError):
-        floats = []
-    valid = not isinstance(values, bool) and len(floats) == num_tasks
-    if not (valid and all(math.isfinite(v) and low <= v <= high for v in floats)):
+    raw = [values] * num_tasks if is_number(values) else values
+    valid = isinstance(raw, list | tuple) and len(raw) == num_tasks
+    if not (valid and all(is_number(v) and math.isfinite(v) and low <= v <= high for v in raw)):
         where = "" if math.isinf(low) and math.isinf(high) else f" in [{low:g}, {high:g}]"
         raise ValueError(
             f"{method}: {key} must be a finite number{where} or {num_tasks} of them, got {values!r}"
         )
-    return torch.tensor(floats, dtype=torch.float64)
+    return torch.tensor([float(v) for v in raw], dtype=torch.float64)

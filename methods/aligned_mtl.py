@@ -48,6 +48,7 @@ class AlignedMTL(GramianMethod):
     description = "Align the gradients' principal components to equal magnitude (condition number 1)"
     citation = "Senushkin et al. 2023, CVPR"
     level = "param"
+    deterministic = True
     permutation_invariant = True
     linear_under_scaling = True
 

@@ -111,6 +111,7 @@ class CAGrad(GramianMethod):
     description = "Maximise the worst task's improvement within a ball around the mean gradient"
     citation = "Liu et al. 2021, NeurIPS"
     level = "param"
+    deterministic = True
     permutation_invariant = True
     linear_under_scaling = True
 

@@ -15,14 +15,17 @@ def config_weights(gramian: Tensor) -> Tensor:
     With ``D = diag(‖gᵢ‖)`` and unit rows ``U = D⁻¹ J`` (Gramian ``Ĝ = D⁻¹ G D⁻¹``), the direction is
     ``x = U⁺ 1 = Jᵀ D⁻¹ c`` with ``c = Ĝ⁺ 1`` (a zero gradient gets a zero row). The update
     ``(Σᵢ gᵢ · x̂) x̂``, ``x̂ = x / ‖x‖``, is then ``w = D⁻¹ c (‖g‖ᵀ Ĝ c) / (cᵀ Ĝ c)``: every product is
-    taken in the unit space, so gradients of very different sizes cannot overflow it.
+    taken in the unit space, so gradients of very different sizes cannot overflow it. The pseudo-inverse
+    cuts eigenvalues of ``Ĝ`` up to ``T eps`` of the largest, eps of the Gramian's dtype (the rounding of
+    a float32 Gramian, e.g. of ``g`` and ``−g`` twice, would otherwise be inverted into a NaN update).
     """
     matrix = gramian.double()
     norms = matrix.diagonal().clamp_min(0).sqrt()
     inverse_norms = torch.where(norms > 0, 1 / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
     unit_gramian = matrix * inverse_norms[:, None] * inverse_norms[None, :]
     unit_gramian.diagonal().copy_((norms > 0).to(matrix.dtype))  # exact ones for the unit rows
-    unit_direction = torch.linalg.pinv(unit_gramian, hermitian=True) @ torch.ones_like(norms)
+    cut = len(matrix) * torch.finfo(gramian.dtype).eps  # the input's rounding, not float64's
+    unit_direction = torch.linalg.pinv(unit_gramian, rtol=cut, hermitian=True) @ torch.ones_like(norms)
     projected = unit_gramian @ unit_direction  # U x: each unit gradient's dot product with x
     squared_norm = (unit_direction @ projected).clamp_min(torch.finfo(norms.dtype).tiny)  # ‖x‖²
     weights = inverse_norms * unit_direction * (norms @ projected) / squared_norm
@@ -42,13 +45,16 @@ class ConFIG(GramianMethod):
     least-squares direction and may conflict, so the method does not claim ``non_conflicting``.
 
     No hyperparameters (the paper's equal weights). Departures: the pseudo-inverse is taken on the unit
-    Gramian, so singular values of U below ``sqrt(T eps)`` of the largest are cut (TorchJD and the
-    authors cut those below ``P eps`` on U itself).
+    Gramian, so singular values of U below ``sqrt(T eps)`` of the largest are cut, eps of the gradients'
+    dtype (TorchJD and the authors cut those below ``P eps`` on U itself). Where ``1`` is orthogonal to
+    the unit gradients' span (exactly opposite gradients) ``U⁺ 1 = 0`` and the update is 0 up to
+    rounding.
     """
 
     description = "Direction of equal cosine with all task gradients, scaled by their summed projections"
     citation = "Liu et al. 2025, ICLR"
     level = "param"
+    deterministic = True
     permutation_invariant = True
     linear_under_scaling = True
 

@@ -59,6 +59,7 @@ class DBMTL(Method):
     description = "Log-transformed losses, then averaged task gradients rescaled to the largest norm"
     citation = "Lin et al. 2023, arXiv"
     level = "param"
+    deterministic = True
     permutation_invariant = True
     linear_under_scaling = True
 

@@ -32,6 +32,7 @@ class DynamicWeightAverage(WeightingMethod):
     description = "Dynamic weight average: softmax of the epoch-to-epoch loss ratios"
     citation = "Liu et al. 2019, CVPR"
     level = "param"
+    deterministic = True
     permutation_invariant = True
     linear_under_scaling = True
 

@@ -19,6 +19,7 @@ class EqualWeighting(WeightingMethod):
     description = "Equal weighting: minimise the sum of the task losses"
     citation = "Caruana 1997, Machine Learning"
     level = "param"
+    deterministic = True
     permutation_invariant = True
     linear_under_scaling = True
 

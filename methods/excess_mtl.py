@@ -56,6 +56,7 @@ class ExcessMTL(WeightedMethod):
     description = "Task weights raised by each task's excess risk, estimated with a diagonal Hessian"
     citation = "He et al. 2024, ICML"
     level = "param"
+    deterministic = True
     permutation_invariant = True
 
     def __init__(self, num_tasks: int, robust_step_size: float = 1e-2) -> None:

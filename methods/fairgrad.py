@@ -75,6 +75,7 @@ class FairGrad(GramianMethod):
     description = "Alpha-fair update: solve (G w)_i = w_i^(-1/alpha) on the Gramian (Newton)"
     citation = "Ban & Ji 2024, ICML"
     level = "param"
+    deterministic = True
     permutation_invariant = True
 
     def __init__(self, num_tasks: int, alpha: float = 1.0, max_iter: int = 100) -> None:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from benchmark.method import StepContext, WeightingMethod, accumulate_grad
 from benchmark.registry import METHODS
-from methods._checks import task_vector
+from methods._checks import check_number, task_vector
 
 
 @METHODS.register("famo")
@@ -42,6 +40,7 @@ class FAMO(WeightingMethod):
     description = "FAMO: loss weights learned online so that all log-losses decrease at the same rate"
     citation = "Liu et al. 2023, NeurIPS"
     level = "param"
+    deterministic = True
     needs_losses_after_step = True
     default_method_lr = 0.025
     permutation_invariant = True
@@ -51,13 +50,9 @@ class FAMO(WeightingMethod):
         self, num_tasks: int, gamma: float = 1e-3, min_losses: float | list[float] = 0.0, eps: float = 1e-8
     ) -> None:
         super().__init__(num_tasks)
-        if not (isinstance(gamma, int | float) and math.isfinite(gamma) and gamma >= 0):
-            raise ValueError(f"famo: gamma must be a finite number >= 0, got {gamma!r}")
-        if not (isinstance(eps, int | float) and math.isfinite(eps) and eps > 0):
-            raise ValueError(f"famo: eps must be a finite number > 0, got {eps!r}")
-        self.gamma = float(gamma)
-        self.eps = float(eps)
-        minimum = task_vector("famo", "min_losses", min_losses, num_tasks, default=0.0)
+        self.gamma = check_number("famo", "gamma", gamma)
+        self.eps = check_number("famo", "eps", eps, low_open=True)
+        minimum = task_vector("famo", "min_losses", min_losses, num_tasks)
         self.register_buffer("min_losses", minimum, persistent=False)
         self.logits = nn.Parameter(torch.zeros(num_tasks))
         self.prev_losses: Tensor | None = None

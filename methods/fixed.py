@@ -24,6 +24,7 @@ class FixedWeighting(WeightingMethod):
     description = "Fixed, user-given loss weights (tuned linear scalarisation)"
     citation = "Kurin et al. 2022, NeurIPS"
     level = "param"
+    deterministic = True
     linear_under_scaling = True
 
     def __init__(self, num_tasks: int, weights: list[float] | None = None) -> None:

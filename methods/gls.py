@@ -25,6 +25,7 @@ class GeometricLossStrategy(WeightingMethod):
     description = "Geometric loss strategy: minimise the geometric mean of the losses"
     citation = "Chennupati et al. 2019, CVPR Workshops"
     level = "param"
+    deterministic = True
     permutation_invariant = True
     linear_under_scaling = True
 

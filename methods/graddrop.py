@@ -8,7 +8,7 @@ from torch import Tensor
 from benchmark.method import Method, StepContext
 from benchmark.registry import METHODS
 from methods._blocks import column_blocks
-from methods._checks import check_choice, check_number, task_vector
+from methods._checks import check_choice, check_flag, check_number, task_vector
 
 PURITY_FNS = ("linear", "sigmoid")
 INPUTS = ("sign", "value", "none")
@@ -87,13 +87,13 @@ class GradDrop(Method):
         eps: float = 1e-7,
     ) -> None:
         super().__init__(num_tasks)
-        self.purity_fn = check_choice("graddrop", "purity_fn", purity_fn, PURITY_FNS)
-        self.k = check_number("graddrop", "k", k)
-        self.input = check_choice("graddrop", "input", input, INPUTS)
-        self.marginalize_batch = marginalize_batch
-        self.keep_gradnorm_constant = keep_gradnorm_constant
-        self.eps = check_number("graddrop", "eps", eps, low_open=True)
-        leaks = task_vector("graddrop", "leak", leak, num_tasks, default=0.0, low=0.0, high=1.0)
+        self.purity_fn = check_choice(self.name, "purity_fn", purity_fn, PURITY_FNS)
+        self.k = check_number(self.name, "k", k)
+        self.input = check_choice(self.name, "input", input, INPUTS)
+        self.marginalize_batch = check_flag(self.name, "marginalize_batch", marginalize_batch)
+        self.keep_gradnorm_constant = check_flag(self.name, "keep_gradnorm_constant", keep_gradnorm_constant)
+        self.eps = check_number(self.name, "eps", eps, low_open=True)
+        leaks = task_vector(self.name, "leak", leak, num_tasks, low=0.0, high=1.0)
         self.register_buffer("leak", leaks, persistent=False)
 
     def combine(self, grads: Tensor, ctx: StepContext | None = None) -> Tensor:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from benchmark.method import StepContext, WeightedMethod, accumulate_grad
 from benchmark.registry import METHODS
+from methods._checks import check_number
 
 
 @METHODS.register("gradnorm")
@@ -43,14 +42,13 @@ class GradNorm(WeightedMethod):
     description = "Learnable task weights trained to equalise the weighted gradient norms (GradNorm)"
     citation = "Chen et al. 2018, ICML"
     level = "feature"
+    deterministic = True
     permutation_invariant = True
     linear_under_scaling = True
 
     def __init__(self, num_tasks: int, alpha: float = 1.5) -> None:
         super().__init__(num_tasks)
-        if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha >= 0):
-            raise ValueError(f"gradnorm: alpha must be a finite number >= 0, got {alpha!r}")
-        self.alpha = float(alpha)
+        self.alpha = check_number("gradnorm", "alpha", alpha)
         self.loss_weights = nn.Parameter(torch.ones(num_tasks))
         self.initial_losses: Tensor | None = None
 

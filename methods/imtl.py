@@ -48,6 +48,7 @@ class IMTLG(GramianMethod):
     description = "Update with equal projections on every unit task gradient (closed form from the Gramian)"
     citation = "Liu et al. 2021, ICLR"
     level = "feature"
+    deterministic = True
     permutation_invariant = True
     linear_under_scaling = True
 
@@ -68,6 +69,7 @@ class IMTLL(WeightingMethod):
     description = "Learnable loss scales exp(s) with loss exp(s) L - s: balances the scaled losses at 1"
     citation = "Liu et al. 2021, ICLR"
     level = "param"
+    deterministic = True
     permutation_invariant = True
     linear_under_scaling = True
 
@@ -97,6 +99,7 @@ class IMTL(Composed):
     description = "IMTL-L learnable loss scales, then IMTL-G on the scaled gradients (the paper's hybrid)"
     citation = "Liu et al. 2021, ICLR"
     level = "feature"
+    deterministic = True
     permutation_invariant = True
     linear_under_scaling = True
 

@@ -44,6 +44,7 @@ class Krum(GramianMethod):
     description = "Select the gradient(s) closest to their T - f - 2 nearest neighbours (Multi-Krum)"
     citation = "Blanchard et al. 2017, NeurIPS"
     level = "param"
+    deterministic = True
     linear_under_scaling = True
 
     def __init__(self, num_tasks: int, n_byzantine: int = 0, n_selected: int = 1) -> None:

@@ -19,6 +19,7 @@ class Mean(WeightingMethod):
     description = "Mean of the task gradients (equal weights 1/T)"
     citation = "Quinton & Rey 2024, arXiv"
     level = "param"
+    deterministic = True
     permutation_invariant = True
     linear_under_scaling = True
 

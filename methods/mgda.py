@@ -178,6 +178,7 @@ class MGDA(GramianMethod):
     description = "Min-norm point of the convex hull of the task gradients, solved on the Gramian"
     citation = "Sener & Koltun 2018, NeurIPS"
     level = "param"
+    deterministic = True
     permutation_invariant = True
     linear_under_scaling = True
     non_conflicting = True

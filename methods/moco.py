@@ -47,6 +47,7 @@ class MoCo(Method):
     description = "Stochastic MGDA on tracked (EMA) gradients with a projected step on the simplex weights"
     citation = "Fernando et al. 2023, ICLR"
     level = "param"
+    deterministic = True
 
     def __init__(
         self,

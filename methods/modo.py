@@ -41,6 +41,7 @@ class MoDo(TwoBatchMethod):
     description = "Stochastic MGDA with double sampling: one projected step on the simplex weights per step"
     citation = "Chen et al. 2023, NeurIPS"
     level = "param"
+    deterministic = True
 
     def __init__(self, num_tasks: int, gamma: float = 0.1, rho: float = 0.1) -> None:
         super().__init__(num_tasks)

@@ -43,6 +43,7 @@ class NashMTL(GramianMethod):
     description = "Nash bargaining update: solve G alpha = 1/alpha on the Gramian (Newton), clip the norm"
     citation = "Navon et al. 2022, ICML"
     level = "param"
+    deterministic = True
     permutation_invariant = True
 
     def __init__(

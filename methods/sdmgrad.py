@@ -61,6 +61,7 @@ class SDMGrad(TwoBatchMethod):
     description = "Direction-oriented MGDA: stochastic simplex weights pulled towards the mean gradient"
     citation = "Xiao et al. 2023, NeurIPS"
     level = "param"
+    deterministic = True
 
     def __init__(
         self, num_tasks: int, lamda: float = 0.3, niter: int = 20, lr: float = 10.0, momentum: float = 0.5

@@ -24,6 +24,7 @@ class ScaleInvariant(WeightingMethod):
     description = "Scale-invariant loss: minimise the sum of the log losses (weights 1 / L)"
     citation = "Navon et al. 2022, ICML"
     level = "param"
+    deterministic = True
     permutation_invariant = True
     linear_under_scaling = True
 

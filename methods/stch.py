@@ -35,6 +35,7 @@ class SmoothTchebycheff(WeightingMethod):
     description = "Smooth Tchebycheff: log-sum-exp of the nadir-normalised log-losses, after a warm-up"
     citation = "Lin et al. 2024, ICML"
     level = "param"
+    deterministic = True
     permutation_invariant = True
     linear_under_scaling = True
 

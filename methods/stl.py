@@ -7,6 +7,7 @@ from torch import Tensor
 
 from benchmark.method import StepContext, WeightingMethod
 from benchmark.registry import METHODS
+from methods._checks import check_integer
 
 
 @METHODS.register("stl")
@@ -29,13 +30,12 @@ class SingleTask(WeightingMethod):
     description = "Single-task learning: the gradient of one chosen task's loss"
     citation = "Caruana 1997, Machine Learning"
     level = "param"
+    deterministic = True
     linear_under_scaling = True
 
     def __init__(self, num_tasks: int, task: int = 0) -> None:
         super().__init__(num_tasks)
-        if isinstance(task, bool) or not isinstance(task, int) or not 0 <= task < num_tasks:
-            raise ValueError(f"stl: task must be an integer in [0, {num_tasks}), got {task!r}")
-        self.task = task
+        self.task = check_integer("stl", "task", task, high=num_tasks - 1)
 
     @classmethod
     def default_grid(cls, num_tasks: int) -> dict[str, list[int]]:

@@ -68,6 +68,7 @@ class TrimmedMean(Method):
     description = "Coordinate-wise mean of the task gradients without the k largest and k smallest"
     citation = "Yin et al. 2018, ICML"
     level = "param"
+    deterministic = True
     permutation_invariant = True
     linear_under_scaling = True
 

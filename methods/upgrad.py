@@ -16,6 +16,7 @@ class _DualConeMethod(GramianMethod):
     ``reg_eps``; subclasses say which targets u are projected (``v ≥ u``) and how to sum them."""
 
     level = "param"
+    deterministic = True
     permutation_invariant = True
     linear_under_scaling = True
     non_conflicting = True

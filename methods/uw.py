@@ -27,6 +27,7 @@ class UncertaintyWeighting(WeightingMethod):
     description = "Uncertainty weighting: learnable log-variances weigh the losses by exp(-s) / 2"
     citation = "Kendall et al. 2018, CVPR"
     level = "param"
+    deterministic = True
     permutation_invariant = True
     linear_under_scaling = True
 

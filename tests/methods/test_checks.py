@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods._checks import check_choice, check_integer, check_number, task_vector
+from methods._checks import check_choice, check_flag, check_integer, check_number, task_vector
 
 
 def test_numbers_within_open_and_closed_bounds() -> None:
@@ -37,6 +37,14 @@ def test_choices_must_match_in_type() -> None:
             check_choice("m", "mode", value, (0, 1, 2))
 
 
+def test_flags_are_bools_only() -> None:
+    assert check_flag("m", "on", True) is True and check_flag("m", "on", False) is False
+    for value in ("false", "true", 0, 1, None):
+        with pytest.raises(ValueError) as err:
+            check_flag("m", "on", value)
+        assert str(err.value) == f"m: on must be true or false, got {value!r}"
+
+
 def test_task_vectors_broadcast_and_check_their_range() -> None:
     assert torch.equal(
         task_vector("m", "w", None, 2, default=0.5), torch.tensor([0.5, 0.5], dtype=torch.float64)
@@ -48,3 +56,9 @@ def test_task_vectors_broadcast_and_check_their_range() -> None:
         task_vector("m", "w", [0.5, 1.5], 2, default=0.0, low=0.0, high=1.0)
     with pytest.raises(ValueError, match="m: w must be a finite number or 2 of them"):
         task_vector("m", "w", [1.0], 2, default=0.0)
+
+
+@pytest.mark.parametrize("values", ["12", True, [True, 1.0], ["1", "2"], (1.0, float("nan")), None])
+def test_task_vectors_reject_strings_bools_and_a_missing_default(values: object) -> None:
+    with pytest.raises(ValueError, match=r"m: w must be a finite number or 2 of them, got "):
+        task_vector("m", "w", values, 2)

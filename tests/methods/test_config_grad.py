@@ -63,3 +63,14 @@ def test_zero_gradient_is_ignored() -> None:
 def test_opposite_gradients_give_zero() -> None:
     grads = f64([[1.0, 2.0], [-3.0, -6.0]])
     torch.testing.assert_close(config(grads), torch.zeros(2, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("factors", [[1.0, -1.0, 1.0, -1.0], [1.0, -3.0, 2.0]])
+def test_opposite_gradients_give_zero_in_both_dtypes(dtype: torch.dtype, factors: list[float]) -> None:
+    # The unit gradients are ±u: 1 is orthogonal to their span, so U⁺ 1 = 0 and the update is 0. A
+    # float32 Gramian's rounding (1e-7) must be cut, not inverted into a NaN.
+    row = torch.tensor([1.1, 2.3, 0.7], dtype=dtype)
+    grads = torch.tensor(factors, dtype=dtype)[:, None] * row
+    atol = 100 * torch.finfo(dtype).eps * row.norm()
+    torch.testing.assert_close(config(grads), torch.zeros(3, dtype=dtype), rtol=0, atol=atol)

@@ -8,6 +8,8 @@ Every check builds a fresh method, so stateful methods are tested from their fir
 from __future__ import annotations
 
 import inspect
+import math
+import re
 
 import numpy as np
 import pytest
@@ -53,6 +55,72 @@ def update_of(name: str, grads: Tensor, seed: int = 0, losses: Tensor | None = N
     return build(name, grads.shape[0]).combine(grads, ctx)
 
 
+def degenerate_matrices(dtype: torch.dtype) -> dict[str, Tensor]:
+    """Gradients at which solvers divide by zero or invert singular systems."""
+    row, matrix = sample_grads(7, dtype=dtype), sample_grads(T, 7, dtype=dtype, seed=1)
+    return {
+        "opposite": torch.stack([row, -row]),
+        "opposite_pairs": torch.stack([row, -row, row, -row]),
+        "opposite_scaled": torch.stack([row, -3 * row, 2 * row]),
+        "identical": row.repeat(T, 1),
+        "zero": torch.zeros(T, 7, dtype=dtype),
+        "tiny_1e-30": matrix * 1e-30,
+        "tiny_1e-40": matrix * 1e-40,  # subnormal in float32
+        "opposite_tiny_1e-40": torch.stack([row, -row]) * 1e-40,
+    }
+
+
+DEGENERATE = list(degenerate_matrices(torch.float64))
+
+
+def run_steps(method: Method, generator_seed: int | None, global_seed: int, steps: int = 7) -> list[Tensor]:
+    """The updates of ``method`` over one fixed sequence of gradients, second-batch gradients, losses and
+    epochs, as the trainer runs it: losses after each step for methods that want them, and an SGD step
+    of the method's own parameters. Randomness: ``ctx.generator`` seeded with ``generator_seed`` (``None``:
+    no generator) and torch's global RNG with ``global_seed``, restored afterwards."""
+    parameters = list(method.parameters())
+    optimizer = torch.optim.SGD(parameters, lr=0.1) if parameters else None
+    updates = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(global_seed)
+        generator = None if generator_seed is None else torch.Generator().manual_seed(generator_seed)
+        for step in range(steps):
+            losses = torch.rand(T, generator=torch.Generator().manual_seed(step), dtype=torch.float64) + 0.5
+            extra = sample_grads(T, 7, seed=100 + step) if method.batches_per_step == 2 else None
+            ctx = StepContext(losses=losses, step=step, generator=generator, epoch=step, extra_grads=extra)
+            updates.append(method.combine(sample_grads(T, 7, seed=step), ctx))
+            if method.needs_losses_after_step:
+                method.losses_after_step(0.9 * losses)
+            if optimizer is not None:
+                optimizer.step()
+                optimizer.zero_grad()
+    return updates
+
+
+def wrong_values(default: object) -> list[object]:
+    """Values of the wrong type (or non-finite) for a hyperparameter whose default is ``default``."""
+    if isinstance(default, bool):
+        return ["false", "true", 0, 1, None]
+    if isinstance(default, int | float):
+        return ["1", True, False, None, math.nan, math.inf]
+    if isinstance(default, str):
+        return [f"no_such_{default}", default.upper(), None, True, 1]
+    if default is None:  # an optional number per task
+        return ["1" * T, True, math.nan, [True] * T, [math.inf] * T]
+    return [object()]
+
+
+def hyperparameter_cases() -> list[object]:
+    """``(method, key, value)`` for every default-valued constructor parameter and wrong value."""
+    return [
+        pytest.param(name, key, value, id=f"{name}-{key}-{value!r}")
+        for name in NAMES
+        for key, default in METHODS.get(name).defaults().items()
+        if default is not inspect.Parameter.empty
+        for value in wrong_values(default)
+    ]
+
+
 def conflicting_matrices() -> list[Tensor]:
     """Random matrices with conflicts: more parameters than tasks, fewer, and one task per direction."""
     return [
@@ -89,6 +157,30 @@ def test_finite_shape_dtype_under_scaling(name: str, dtype: torch.dtype, scale: 
     assert update.shape == grads.shape[1:]
     assert update.dtype == dtype
     assert torch.isfinite(update).all()
+
+
+@pytest.mark.parametrize(("name", "key", "value"), hyperparameter_cases())
+def test_constructor_rejects_wrong_hyperparameters(name: str, key: str, value: object) -> None:
+    """A string for a number, ``True`` for a number, ``"false"`` for a flag, ``None`` where not allowed:
+    a ``ValueError`` naming the method, the key and the value, before anything runs."""
+    with pytest.raises(ValueError) as err:
+        get_method(name, num_tasks=T, **{key: value})
+    message = str(err.value)
+    for part in (name, key):
+        assert re.search(rf"(?<![\w.]){re.escape(part)}\b", message), f"{part!r} not named in {message!r}"
+    assert repr(value) in message
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", DEGENERATE)
+def test_finite_update_for_degenerate_gradients(name: str, dtype: torch.dtype, case: str) -> None:
+    """Three steps of a fresh method on the same degenerate gradients: every update is finite."""
+    grads = degenerate_matrices(dtype)[case]
+    method = build(name, grads.shape[0])
+    for step in range(3):
+        update = method.combine(grads, make_ctx(grads.shape[0], dtype, seed=step, step=step))
+        assert update.shape == grads.shape[1:] and torch.isfinite(update).all(), f"step {step}: {update}"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -129,6 +221,31 @@ def test_seeded_generator_reproduces_the_update(name: str) -> None:
     first = build(name).combine(grads, make_ctx(T, torch.float64, seed=3))
     second = build(name).combine(grads, make_ctx(T, torch.float64, seed=3))
     assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if build(n).deterministic])
+def test_deterministic_methods_ignore_every_random_draw(name: str) -> None:
+    """Two fresh instances on the same sequence, with different generators and global seeds."""
+    first = run_steps(build(name), generator_seed=0, global_seed=0)
+    second = run_steps(build(name), generator_seed=1, global_seed=1)
+    for step, (a, b) in enumerate(zip(first, second, strict=True)):
+        assert torch.equal(a, b), f"step {step}: the update depends on a random draw"
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if not build(n).deterministic])
+def test_methods_not_claiming_determinism_draw_random_numbers(name: str) -> None:
+    """Why a method does not claim ``deterministic``: its updates change with ``ctx.generator`` (or,
+    without one, with torch's global RNG) at least once over a few steps."""
+    differ = [
+        any(not torch.equal(a, b) for a, b in zip(*runs, strict=True))
+        for runs in (
+            (run_steps(build(name), 0, 0), run_steps(build(name), 1, 0)),
+            (run_steps(build(name), None, 0), run_steps(build(name), None, 1)),
+        )
+    ]
+    if not any(differ) and not METHODS.get(name).__module__.startswith("methods."):
+        pytest.skip(f"plugin {name!r} draws no random number here; it could claim deterministic")
+    assert differ[0] or differ[1], f"{name} draws no random number: set deterministic = True"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -32,5 +32,5 @@ def test_default_grid_is_one_run_per_task() -> None:
 
 @pytest.mark.parametrize("task", [-1, 3, 1.0, True, "0", None])
 def test_bad_task_raises(task: object) -> None:
-    with pytest.raises(ValueError, match=r"stl: task must be an integer in \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"stl: task must be an integer in \[0, 2\]"):
         get_method("stl", num_tasks=3, task=task)
