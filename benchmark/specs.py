@@ -62,6 +62,11 @@ class TaskInfo:
         return cls(**{**data, "metrics": metrics, "eval_splits": tuple(data.get("eval_splits", ()))})
 
 
+NOT_IDENTITY = {"identity": False}
+"""Metadata of a TrainSpec field that says where or how a run executes, not what it computes (the
+device): such fields stay out of :meth:`RunSpec.config_hash`."""
+
+
 @dataclass(frozen=True)
 class TrainSpec:
     """How one run trains. Tasks supply their own defaults (``Task.train_defaults``)."""
@@ -81,7 +86,7 @@ class TrainSpec:
     eval_every: int = 100
     level: str | None = None
     jacobian: str = "auto"
-    device: str = "cpu"
+    device: str = field(default="cpu", metadata=NOT_IDENTITY)
 
 
 @dataclass(frozen=True)
@@ -140,11 +145,19 @@ class RunSpec:
 
     def config_hash(self) -> str:
         """Stable hash of everything that determines the run's outcome: not where its plugins and
-        data are, nor the device it ran on."""
+        data are, nor how it executes (fields marked :data:`NOT_IDENTITY`, such as the device).
+
+        Training settings enter only where they differ from their defaults, so that a setting added
+        later (with a default that keeps today's behaviour) leaves every stored run's hash as it was.
+        """
         payload = self.to_dict()
         for key in ("plugins", "data_root"):
             payload.pop(key)
-        payload["train"].pop("device")
+        payload["train"] = {
+            f.name: payload["train"][f.name]
+            for f in dataclasses.fields(TrainSpec)
+            if f.metadata.get("identity", True) and payload["train"][f.name] != f.default
+        }
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
