@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import inspect
 import itertools
 import math
@@ -52,7 +53,7 @@ import yaml
 
 from benchmark.data import resolve_data_root
 from benchmark.errors import UserError
-from benchmark.method import WeightedMethod, build_method
+from benchmark.method import Method, WeightedMethod, build_method
 from benchmark.registry import METHODS, TASKS, PluginError, Registry, UnknownNameError, load_plugin
 from benchmark.specs import JACOBIAN_STRATEGIES, OPTIMIZERS, SCHEDULES, PluginSpec, RunSpec, TrainSpec
 from benchmark.task import Task, get_task
@@ -169,11 +170,16 @@ class _Shared:
     name: str
     seeds: tuple[int, ...]
     plugins: tuple[str, ...]
+    versions: tuple[str, ...]
     train: Mapping[str, Any]
     overrides: Mapping[str, Any]
     data_root: Path | None
     folder: Path
     fail: Fail
+
+    def where(self, data_root: str | None) -> tuple[tuple[str, ...], str | None, tuple[str, ...]]:
+        """``RunSpec``'s plugins, data root and plugin versions."""
+        return self.plugins, data_root, self.versions
 
 
 def parse_suite(
@@ -195,7 +201,8 @@ def parse_suite(
     shared = _Shared(
         name=_suite_name(suite.get("name"), source, fail),
         seeds=_seeds(suite.get("seeds", [0]), fail),
-        plugins=_all_plugins(plugins, suite.get("plugins", []), source, fail),
+        plugins=(all_plugins := _all_plugins(plugins, suite.get("plugins", []), source, fail)),
+        versions=tuple(file_version(p) for p in all_plugins),
         train=_train_fields(suite.get("train", {}), "train", fail),
         overrides=_train_fields(overrides or {}, "", _failer("command line"), _flag),
         data_root=None if data_root is None else Path(data_root),
@@ -218,7 +225,12 @@ def parse_suite(
 def _task_runs(
     shared: _Shared, key: str, entry: Mapping[str, Any], methods: list[tuple[str, dict[str, Any]]]
 ) -> list[RunSpec]:
-    """Every run of one task entry: its grid instances x the methods (each with its grid) x the seeds."""
+    """Every run of one task entry: its grid instances x the methods (each with its grid) x the seeds.
+
+    A deterministic task with a deterministic method (``deterministic`` on both classes) cannot give
+    another result with another seed: it is run with the suite's first seed only, and its stored
+    ``info`` says it stands for every seed.
+    """
     fail = shared.fail
     data_root = _data_root(shared, key, entry)
     runs = []
@@ -229,13 +241,15 @@ def _task_runs(
         for m_key, method_entry in methods:
             for method_spec in _expand(method_entry, relabel=True, num_tasks=task.num_tasks):
                 _claim_label(method_spec.label, m_key, labels, fail)
-                _construct_method(method_spec, task.num_tasks, m_key, fail)
+                method = _construct_method(method_spec, task.num_tasks, m_key, fail)
                 merged = {**defaults, **shared.train, **entry["train"], **method_entry["train"]}
                 train = TrainSpec(**{**merged, **shared.overrides})
+                _check_level(method, train.level or method.level, m_key, fail)
                 root = None if data_root is None else str(data_root)
+                seeds = shared.seeds[:1] if task.deterministic and method.deterministic else shared.seeds
                 runs += [
-                    RunSpec(shared.name, task_spec, method_spec, s, train, shared.plugins, root)
-                    for s in shared.seeds
+                    RunSpec(shared.name, task_spec, method_spec, s, train, *shared.where(root))
+                    for s in seeds
                 ]
     return runs
 
@@ -316,6 +330,11 @@ def _check_distinct(values: list[Any], key: str, what: str, fail: Fail) -> None:
     for i, value in enumerate(values):
         if value in values[:i]:
             fail(key, f"{what} {value!r} appears twice")
+
+
+def file_version(path: str | Path) -> str:
+    """The code version of a plugin file: the start of its contents' SHA-256."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def _all_plugins(
@@ -420,13 +439,22 @@ def _construct_task(spec: PluginSpec, data_root: Path | None, key: str, fail: Fa
         fail(key, f"task {spec.name!r} with {spec.params}: {err}")
 
 
-def _construct_method(spec: PluginSpec, num_tasks: int, key: str, fail: Fail) -> None:
+def _construct_method(spec: PluginSpec, num_tasks: int, key: str, fail: Fail) -> Method:
     """Build the method (composed with its weighting) once, so a bad value fails here."""
     try:
-        build_method(spec, num_tasks)
+        return build_method(spec, num_tasks)
     except Exception as err:
         what = f"{spec.weighting.name!r} + " if spec.weighting else ""
         fail(key, f"method {what}{spec.name!r} with {spec.params}: {err}")
+
+
+def _check_level(method: Method, level: str, key: str, fail: Fail) -> None:
+    """A method's hyperparameters may be undefined at one level (GradDrop's batch marginalisation
+    needs the batch dimension of the feature level): fail here, not at the first step."""
+    try:
+        method.check_level(level)
+    except ValueError as err:
+        fail(f"{key}.train.level", f"{level!r}: {err}")
 
 
 def _check_unique_labels(entries: list[tuple[str, dict[str, Any]]], fail: Fail) -> None:

@@ -118,6 +118,10 @@ class Method(nn.Module):
         and overriding it is what makes the engine take one backward (:attr:`needs_grads`)."""
         return None
 
+    def check_level(self, level: str) -> None:
+        """Raise ``ValueError`` if this method, with its hyperparameters, is undefined at ``level``
+        (checked when a suite is loaded)."""
+
     def losses_after_step(self, losses: Tensor) -> None:
         """The T losses of this step's batch recomputed after the optimiser step (detached); called
         only when :attr:`needs_losses_after_step` is set."""
@@ -242,6 +246,10 @@ class Composed(Method):
             alpha = self.method.gramian_weights(gramian, inner).to(grads.dtype)
             return ((alpha * w) @ matrix).view(grads.shape[1:])
         return self.method.combine(grads * column, inner)
+
+    def check_level(self, level: str) -> None:
+        self.weighting.check_level(level)
+        self.method.check_level(level)
 
     def losses_after_step(self, losses: Tensor) -> None:
         for part in (self.weighting, self.method):

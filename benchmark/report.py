@@ -36,7 +36,8 @@ logger = logging.getLogger(__name__)
 LEGEND = (
     "Cells: mean ± std (ddof 1) over the ok runs of a task and method label (n runs); the best per metric "
     "in bold (↑ higher is better, ↓ lower); mean rank over the metrics, 1 is best. Failed and diverged "
-    "runs are left out and listed at the end."
+    "runs are left out and listed at the end. ‡: a deterministic task and method, trained once per task "
+    "instance whatever the suite's seeds (the seed cannot change the result), so n counts distinct results."
 )
 
 CSS = """
@@ -208,6 +209,12 @@ def runs_cell(counts: pd.Series) -> str:
     return ", ".join([f"{ok} ok", *others]) if others else str(ok)
 
 
+def seed_independent(runs: pd.DataFrame) -> set[str]:
+    """Method labels all of whose runs were trained once for every seed (``TaskInfo.deterministic``)."""
+    flags = runs["info"].map(lambda info: info is not None and info.deterministic)
+    return {str(m) for m, every in flags.groupby(runs["method_label"]).all().items() if every}
+
+
 def best_rows(means: list[float], higher_is_better: bool) -> set[int]:
     """Rows holding the best finite mean (all of them on ties)."""
     finite = [m for m in means if not pd.isna(m) and math.isfinite(m)]
@@ -234,7 +241,8 @@ def results_table(label: str, ev: Evaluation) -> Table:
     ranks = ev.ranks[ev.ranks["task_label"] == label].set_index("method_label")["rank"]
 
     header = ["Method", "Runs", *(name + arrow(directions[name]) for name in names)]
-    rows = [[method, runs_cell(counts.loc[method])] for method in methods]
+    fixed = seed_independent(ev.runs[ev.runs["task_label"] == label])
+    rows = [[method, runs_cell(counts.loc[method]) + (" ‡" if method in fixed else "")] for method in methods]
     bold: set[tuple[int, int]] = set()
     for j, name in enumerate(names, start=len(header) - len(names)):
         means, stds, ns = wide["mean"][name], wide["std"][name], wide["count"][name]

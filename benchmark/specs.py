@@ -118,7 +118,8 @@ class RunSpec:
 
     ``plugins`` (files to import before building the run) and ``data_root`` (where a real-data task
     reads its dataset) say where things are, not what is computed: they are not part of the run's
-    identity (:meth:`config_hash`).
+    identity (:meth:`config_hash`); ``plugin_versions``, the plugins' code versions (a hash of each
+    file's contents), are.
     """
 
     suite: str
@@ -128,6 +129,7 @@ class RunSpec:
     train: TrainSpec
     plugins: tuple[str, ...] = ()
     data_root: str | None = None
+    plugin_versions: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,6 +143,7 @@ class RunSpec:
         return cls(
             data["suite"], PluginSpec.from_dict(data["task"]), PluginSpec.from_dict(data["method"]),
             int(data["seed"]), train, tuple(data.get("plugins", ())), data.get("data_root"),
+            tuple(data.get("plugin_versions", ())),
         )
 
     def config_hash(self) -> str:
@@ -153,6 +156,8 @@ class RunSpec:
         payload = self.to_dict()
         for key in ("plugins", "data_root"):
             payload.pop(key)
+        if not payload["plugin_versions"]:
+            payload.pop("plugin_versions")
         payload["train"] = {
             f.name: payload["train"][f.name]
             for f in dataclasses.fields(TrainSpec)

@@ -96,6 +96,10 @@ class GradDrop(Method):
         leaks = task_vector(self.name, "leak", leak, num_tasks, low=0.0, high=1.0)
         self.register_buffer("leak", leaks, persistent=False)
 
+    def check_level(self, level: str) -> None:
+        if self.marginalize_batch and level != "feature":
+            raise ValueError(f"{self.name}: marginalize_batch=True sums feature-level gradients over rows")
+
     def combine(self, grads: Tensor, ctx: StepContext | None = None) -> Tensor:
         self.check_grads(grads)
         ctx = ctx or StepContext()

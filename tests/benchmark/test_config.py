@@ -311,3 +311,36 @@ def test_missing_data_fails_before_anything_runs(tmp_path: Path, monkeypatch: py
         load_suite(marker_suite(tmp_path))
     with pytest.raises(ConfigError, match=r"tasks\[0\]\.data_root: expected a folder path, got 3"):
         load_suite(marker_suite(tmp_path, data_root=3))
+
+
+def test_deterministic_task_and_method_train_once_whatever_the_seeds() -> None:
+    runs = parse_suite(
+        {"seeds": 3, "tasks": [{"name": "toy2d", "grid": {"start": [0, 1]}}], "methods": ["mgda", "pcgrad"]}
+    ).runs
+    seeds = {(r.task.params["start"], r.method.name): [] for r in runs}
+    for r in runs:
+        seeds[(r.task.params["start"], r.method.name)].append(r.seed)
+    assert seeds == {(0, "mgda"): [0], (1, "mgda"): [0], (0, "pcgrad"): [0, 1, 2], (1, "pcgrad"): [0, 1, 2]}
+
+
+def test_a_method_undefined_at_its_level_fails_at_load_time() -> None:
+    raw = {
+        "tasks": ["digits"],
+        "methods": [{"name": "graddrop", "params": {"marginalize_batch": True}, "train": {"level": "param"}}],
+    }
+    with pytest.raises(ConfigError, match=r"methods\[0\].train.level: .param.: graddrop: marginalize_batch"):
+        parse_suite(raw)
+
+
+def test_the_config_hash_follows_the_plugin_code(tmp_path) -> None:
+    plugin = tmp_path / "my_plugin.py"
+    plugin.write_text("# version 1\n")
+    raw = {"tasks": ["toy2d"], "methods": ["ew"], "plugins": [str(plugin)]}
+    first = parse_suite(raw).runs[0]
+    plugin.write_text("# version 2\n")
+    second = parse_suite(raw).runs[0]
+    assert first.plugin_versions != second.plugin_versions
+    assert first.config_hash() != second.config_hash()
+    moved = tmp_path / "elsewhere.py"
+    moved.write_text("# version 2\n")
+    assert parse_suite({**raw, "plugins": [str(moved)]}).runs[0].config_hash() == second.config_hash()
