@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import yaml
 
 from benchmark.config import load_suite
 from benchmark.data import require_root, resolve_data_root
@@ -76,6 +77,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     run.add_argument("--suite", type=Path, default=DEFAULT_SUITE, help="suite YAML file")
     run.add_argument("--executor", choices=EXECUTORS.names(), default="processes")
     run.add_argument("--device", help="override every run's device, e.g. cuda")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        type=setting,
+        metavar="KEY=VALUE",
+        help="override a training setting of every run, e.g. --set steps=10 (repeatable)",
+    )
     run.add_argument("--rerun", action="store_true", help="run again runs the store already holds")
     run.add_argument("--no-report", action="store_true")
     run.set_defaults(handler=cmd_run)
@@ -115,6 +124,17 @@ def existing_file(text: str) -> Path:
     return Path(text)
 
 
+def setting(text: str) -> tuple[str, object]:
+    """argparse type: ``KEY=VALUE``, the value read as YAML (``steps=10`` gives the integer 10)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value is not valid YAML ({err})") from err
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     try:
@@ -127,7 +147,7 @@ def positive_int(text: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    overrides = {"device": args.device} if args.device else None
+    overrides = dict(args.set) | ({"device": args.device} if args.device else {})
     suite = load_suite(args.suite, overrides, args.data_root, args.plugin)  # runs carry the plugins
     store = ResultsStore(args.results)
     statuses = run_suite(suite, store, args.executor, args.workers, rerun=args.rerun)

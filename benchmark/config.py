@@ -473,7 +473,7 @@ def _claim_label(label: str, key: str, labels: dict[str, str], fail: Fail) -> No
 
 def _flag(name: str) -> str:
     """The command-line option that overrides the TrainSpec field ``name``."""
-    return "--" + name.replace("_", "-")
+    return "--device" if name == "device" else f"--set {name}"
 
 
 def _train_fields(

@@ -15,7 +15,8 @@ Data under the data root (:mod:`benchmark.data`; nothing is downloaded; formats 
 :mod:`tasks._image_data`): ``cifar-100-python/`` (target), ``imagenet/train/`` or
 ``cifar-10-batches-py/`` (source). Splits: target validation is a stratified, seeded hold-out of
 ``val_fraction`` of CIFAR-100's training set, target test is CIFAR-100's test set; source accuracy (a
-diagnostic) is measured on a seeded hold-out of ``source_eval_size`` source training images, and at
+diagnostic) is measured on a seeded hold-out of ``source_eval_size`` source training images (at most a
+tenth of them, so that a small source still trains), and at
 test time on CIFAR-10's test set when that is the source. ``run_all.py prepare transfer`` decodes the
 ImageFolder tree at ``imagenet/train`` once into ``.gsb-cache/`` under the data root.
 """
@@ -131,7 +132,8 @@ class Transfer(TransferTask):
         checkpoint: the trunk's ``state_dict`` file for ``finetune``; a relative path is under the data root.
         source_fraction: share of each batch's rows that are source rows, in [0, 1).
         val_fraction: share of CIFAR-100's training set held out for validation, in (0, 1).
-        source_eval_size: source training images held out to measure source accuracy.
+        source_eval_size: source training images held out to measure source accuracy (at most a
+            tenth of the source's training images).
         width: filters of the trunk's first stage (16 in ResNet-20).
         blocks: basic blocks per stage (3 in ResNet-20).
         augment: random crops and flips of the training images.
@@ -239,12 +241,13 @@ class Transfer(TransferTask):
         source_train, source_test = self._source()
         val_size = max(1, round(self.val_fraction * len(target_train)))
         train_rows, val_rows = _holdout(target_train.labels, val_size, self.split_seed, stratify=True)
-        if self.source_eval_size >= len(source_train):
+        if len(source_train) < 2:
             raise DataError(
-                f"{self.path(self.source_dir)}: {len(source_train)} source images, too few to hold out "
-                f"source_eval_size={self.source_eval_size}"
+                f"{self.path(self.source_dir)}: {len(source_train)} source image(s), too few to train on "
+                "and hold one out to measure source accuracy"
             )
-        kept, held = _holdout(source_train.labels, self.source_eval_size, self.split_seed, stratify=False)
+        held_out = min(self.source_eval_size, max(1, len(source_train) // 10))
+        kept, held = _holdout(source_train.labels, held_out, self.split_seed, stratify=False)
         source_val = _labelled(source_train, held)
         return TransferData(
             source_train=_labelled(source_train, kept),

@@ -244,3 +244,16 @@ def test_prepare_without_a_data_root_says_how_to_give_one(
     monkeypatch.delenv(ENV_VAR, raising=False)
     assert run_all.main(["prepare", "_marker"]) == 2
     assert "--data-root DIR" in caplog.text and ENV_VAR in caplog.text
+
+
+def test_set_overrides_a_training_setting_and_a_bad_one_names_the_option(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(yaml.safe_dump({**TINY, "tasks": [{"name": "toy2d"}], "methods": ["ew"]}))
+    args = ("run", "--suite", str(suite), "--executor", "serial", "--no-report")
+    assert cli(tmp_path, *args, "--set", "steps=4", "--set", "eval_every=2") == 0
+    (spec,) = ResultsStore(tmp_path / "store.sqlite").runs("tiny")["spec"]
+    assert (spec["train"]["steps"], spec["train"]["eval_every"]) == (4, 2)
+    assert cli(tmp_path, *args, "--set", "lr=-1") == 2
+    assert "command line: --set lr: must be > 0, got -1" in caplog.text

@@ -1,0 +1,45 @@
+"""The paper suites run end to end from the command line on fixture data in the real on-disk formats,
+with a step override (the real runs need the datasets and a GPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import run_all
+from benchmark.store import ResultsStore
+from tests.tasks.celeba_fixture import make_celeba
+from tests.tasks.transfer_fixture import write_cifar100, write_imagefolder
+
+ROOT = Path(__file__).resolve().parents[1]
+SHORT = ("--set", "steps=2", "--set", "eval_every=1", "--set", "batch_size=8")
+
+
+def run_suite(suite: str, data: Path, tmp_path: Path) -> ResultsStore:
+    store = tmp_path / "store.sqlite"
+    args = ["run", "--suite", str(ROOT / suite), "--data-root", str(data), *SHORT]
+    args += ["--results", str(store), "--reports", str(tmp_path / "reports"), "--executor", "serial"]
+    assert run_all.main(args) == 0
+    return ResultsStore(store)
+
+
+@pytest.mark.slow
+def test_celeba_suite_runs_end_to_end_on_a_fixture(tmp_path: Path) -> None:
+    make_celeba(tmp_path / "data")
+    store = run_suite("configs/paper/celeba.yaml", tmp_path / "data", tmp_path)
+    runs = store.runs("celeba")
+    assert set(runs["status"]) == {"ok"} and len(runs) == 9 * 3
+    assert "mean_error" in set(store.metrics("celeba")["name"])
+    assert (tmp_path / "reports" / "celeba" / "index.html").is_file()
+
+
+@pytest.mark.slow
+def test_transfer_suite_runs_end_to_end_on_a_fixture(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_cifar100(data, classes=3, per_class=12)
+    write_imagefolder(data, per_class=6)
+    store = run_suite("configs/paper/transfer.yaml", data, tmp_path)
+    runs = store.runs("transfer")
+    assert set(runs["status"]) == {"ok"} and len(runs) == 7 * 3
+    assert "target_accuracy" in set(store.metrics("transfer")["name"])
