@@ -217,7 +217,9 @@ class Transfer(TransferTask):
         )
 
     def check_files(self) -> None:
-        """Fail early, with a :class:`DataError` naming the first missing file, before any training."""
+        """Fail early, with a :class:`DataError` naming the first missing, truncated or malformed file,
+        before any training (ImageFolder images are checked when decoded: by ``prepare``, or at the
+        run's start)."""
         target = self.path(self.target_dir)
         needed = [(target / name, CIFAR100_LAYOUT, CIFAR_SOURCE) for name in ("meta", "train", "test")]
         source = self.path(self.source_dir)
@@ -233,6 +235,10 @@ class Transfer(TransferTask):
         for path, layout, published in needed:
             if not path.exists():
                 raise DataError(f"{path}: not found; expected {layout} (published at {published})")
+        for split in ("train", "test"):  # the pickles are read whole: a truncated or malformed one fails here
+            load_cifar100(target, split)
+            if self.source == "cifar10":
+                load_cifar10(source, split)
 
     @cached_property
     def data(self) -> TransferData:

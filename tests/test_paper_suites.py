@@ -9,7 +9,7 @@ import pytest
 
 import run_all
 from benchmark.store import ResultsStore
-from tests.tasks.celeba_fixture import make_celeba
+from tests.tasks.celeba_fixture import make_celeba, replace_line
 from tests.tasks.transfer_fixture import write_cifar100, write_imagefolder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,3 +43,48 @@ def test_transfer_suite_runs_end_to_end_on_a_fixture(tmp_path: Path) -> None:
     runs = store.runs("transfer")
     assert set(runs["status"]) == {"ok"} and len(runs) == 7 * 3
     assert "target_accuracy" in set(store.metrics("transfer")["name"])
+
+
+@pytest.mark.parametrize(
+    ("damage", "named"),
+    [
+        (lambda data: (data / "list_eval_partition.txt").unlink(), "list_eval_partition.txt"),
+        (
+            lambda data: replace_line(data / "list_attr_celeba.txt", 5, "000003.jpg 1 -1"),
+            "list_attr_celeba.txt:5",
+        ),
+        (lambda data: truncate(data / "list_attr_celeba.txt"), "list_attr_celeba.txt"),
+    ],
+    ids=["missing", "malformed", "truncated"],
+)
+def test_bad_celeba_data_exits_2_before_training_naming_the_file(
+    damage, named: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    make_celeba(data)
+    damage(data)
+    args = ["run", "--suite", str(ROOT / "configs/paper/celeba.yaml"), "--data-root", str(data)]
+    assert run_all.main([*args, "--results", str(tmp_path / "store.sqlite")]) == 2
+    assert named in caplog.text and "Traceback" not in caplog.text
+    assert not (tmp_path / "store.sqlite").exists()
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_bad_cifar_data_exits_2_before_training_naming_the_file(
+    damage: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    write_cifar100(data)
+    write_imagefolder(data)
+    target = data / "cifar-100-python" / "train"
+    if damage == "missing":
+        target.unlink()
+    else:
+        truncate(target)
+    args = ["run", "--suite", str(ROOT / "configs/paper/transfer.yaml"), "--data-root", str(data)]
+    assert run_all.main([*args, "--results", str(tmp_path / "store.sqlite")]) == 2
+    assert "cifar-100-python/train" in caplog.text and "Traceback" not in caplog.text
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
