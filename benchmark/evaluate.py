@@ -137,7 +137,7 @@ class Evaluation:
     significance: pd.DataFrame = field(default_factory=pd.DataFrame)
     near_best: pd.DataFrame = field(default_factory=pd.DataFrame)
     claims: pd.DataFrame = field(default_factory=pd.DataFrame)
-    settings: ReportSettings = ReportSettings()
+    settings: ReportSettings = field(default_factory=ReportSettings)
     all_runs: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
