@@ -153,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     statuses = run_suite(suite, store, args.executor, args.workers, rerun=args.rerun)
     log.info("suite %s: %s", suite.name, dict(statuses) or "nothing to run, all results stored")
     if not args.no_report:
-        write_report(store, suite.name, args.reports / suite.name)
+        write_report(store, suite.name, args.reports / suite.name, suite.settings)
     return 1 if statuses.get("failed") else 0
 
 

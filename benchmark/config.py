@@ -17,6 +17,15 @@ A suite file::
       - {name: graddrop, grid: {leak: [0.0, 0.5]}}  # one labelled method per value
       - {name: graddrop, weighting: gradnorm}        # a weighting applied first: "gradnorm+graddrop"
       - stl                                          # Method.default_grid: one run per task
+      - {name: pcgrad, tune: {lr: [0.001, 0.01]}}     # runs "pcgrad[lr=0.001]", ...; the report
+                                                     # keeps the validation-best per task label
+      - {name: fixed, tune: {weights: {grid: 4}}}    # or {draws: N}: weight vectors to try
+    baseline: ew                      # the reference of the report's tests (default: ew)
+    claims:                           # checked by the report: supported / not supported / inconclusive
+      - {better: graddrop, than: all, metric: f1, task: digits}
+    published:                        # numbers copied from a cited source, shown beside ours
+      - {method: ew, task: digits, metric: f1, value: 0.9,
+         source: {paper: "...", table: "2", row: "EW"}}
 
 Training settings are merged, later winning: ``TrainSpec`` defaults, the task's ``train_defaults``,
 the suite's ``train``, the task entry's ``train``, the method entry's ``train``, the command line's
@@ -44,24 +53,34 @@ import math
 import re
 import types
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
 
+import numpy as np
 import torch
 import yaml
 
 from benchmark.data import resolve_data_root
 from benchmark.errors import UserError
+from benchmark.evaluate import ALL, BASELINE, Claim, Published, ReportSettings, tune_parts
 from benchmark.method import Method, WeightedMethod, build_method
 from benchmark.registry import METHODS, TASKS, PluginError, Registry, UnknownNameError, load_plugin
 from benchmark.specs import JACOBIAN_STRATEGIES, OPTIMIZERS, SCHEDULES, PluginSpec, RunSpec, TrainSpec
 from benchmark.task import Task, get_task
 
-SUITE_KEYS = ("name", "description", "seeds", "plugins", "train", "tasks", "methods")
+SUITE_KEYS = (
+    "name", "description", "seeds", "plugins", "train", "tasks", "methods", "baseline", "claims", "published"
+)
 ENTRY_KEYS = ("name", "label", "params", "grid", "train")
 TASK_KEYS = (*ENTRY_KEYS, "data_root")
-METHOD_KEYS = (*ENTRY_KEYS, "weighting")
+METHOD_KEYS = (*ENTRY_KEYS, "weighting", "tune")
+CLAIM_KEYS = ("better", "than", "metric", "task")
+PUBLISHED_KEYS = ("method", "task", "metric", "value", "source")
+SOURCE_KEYS = ("paper", "table", "row")
+WEIGHT_SEARCHES = ("grid", "draws")
+WEIGHT_GRID_MAX_TASKS = 3
+WEIGHT_DRAWS_SEED = 0
 SUITE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a folder name under reports/, never a path
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSpec))
 TRAIN_TYPES = get_type_hints(TrainSpec)
@@ -107,6 +126,7 @@ class Suite:
     description: str
     path: Path | None
     runs: tuple[RunSpec, ...]
+    settings: ReportSettings = field(default_factory=ReportSettings)
 
 
 def load_suite(
@@ -218,14 +238,21 @@ def parse_suite(
         for i, t in enumerate(_list(suite["tasks"], "tasks", fail))
     ]
     _check_unique_labels(tasks, fail)
-    runs = [run for key, entry in tasks for run in _task_runs(shared, key, entry, methods)]
-    return Suite(shared.name, str(suite.get("description", "")), source, tuple(runs))
+    declared: dict[str, set[str]] = {}
+    runs = [run for key, entry in tasks for run in _task_runs(shared, key, entry, methods, declared)]
+    settings = _report_settings(suite, runs, declared, fail)
+    return Suite(shared.name, str(suite.get("description", "")), source, tuple(runs), settings)
 
 
 def _task_runs(
-    shared: _Shared, key: str, entry: Mapping[str, Any], methods: list[tuple[str, dict[str, Any]]]
+    shared: _Shared,
+    key: str,
+    entry: Mapping[str, Any],
+    methods: list[tuple[str, dict[str, Any]]],
+    declared: dict[str, set[str]],
 ) -> list[RunSpec]:
-    """Every run of one task entry: its grid instances x the methods (each with its grid) x the seeds.
+    """Every run of one task entry: its grid instances x the methods (each with its grid and tuning
+    configurations, :func:`_tune_configs`) x the seeds. ``declared`` gets the task label's metrics.
 
     A deterministic task with a deterministic method (``deterministic`` on both classes) cannot give
     another result with another seed: it is run with the suite's first seed only, and its stored
@@ -236,13 +263,16 @@ def _task_runs(
     runs = []
     for task_spec in _expand(entry, relabel=False):
         task = _construct_task(task_spec, data_root, key, fail)
+        declared.setdefault(task_spec.label, set()).update(m.name for m in task.metrics())
         defaults = _train_fields(dict(task.train_defaults), f"{key}: task {task.name!r} train_defaults", fail)
         labels: dict[str, str] = {}
         for m_key, method_entry in methods:
-            for method_spec in _expand(method_entry, relabel=True, num_tasks=task.num_tasks):
+            expanded = _expand(method_entry, relabel=True, num_tasks=task.num_tasks)
+            for method_spec, tuned_train in _tuned(expanded, method_entry, task.num_tasks, m_key, fail):
                 _claim_label(method_spec.label, m_key, labels, fail)
                 method = _construct_method(method_spec, task.num_tasks, m_key, fail)
                 merged = {**defaults, **shared.train, **entry["train"], **method_entry["train"]}
+                merged.update(tuned_train)
                 train = TrainSpec(**{**merged, **shared.overrides})
                 _check_level(method, train.level or method.level, m_key, fail)
                 root = None if data_root is None else str(data_root)
@@ -387,6 +417,9 @@ def _method_entry(raw: Any, key: str, fail: Fail) -> tuple[str, dict[str, Any]]:
     """A method entry; its optional ``weighting`` (a name or ``{name, params}``) is checked to be a
     method with task weights and stored as a PluginSpec."""
     key, entry = _entry(raw, key, METHODS, METHOD_KEYS, fail)
+    if "[" in str(entry.get("label", "")):
+        fail(f"{key}.label", f"'[' marks tuning configurations in labels, got {entry['label']!r}")
+    _check_tune(entry, key, fail)
     if "weighting" not in entry:
         return key, entry
     w_key = f"{key}.weighting"
@@ -396,6 +429,162 @@ def _method_entry(raw: Any, key: str, fail: Fail) -> tuple[str, dict[str, Any]]:
         fail(f"{w_key}.name", f"{weighting['name']!r} gives no task weights; weightings: {weightings}")
     spec = PluginSpec(weighting["name"], dict(weighting.get("params", {})))
     return key, {**entry, "weighting": spec}
+
+
+def _check_tune(entry: Mapping[str, Any], key: str, fail: Fail) -> None:
+    """An entry's ``tune``: training settings or method parameters, each a non-empty list of distinct
+    values set nowhere else in the entry; ``weights`` may be ``{grid: N}`` or ``{draws: N}``."""
+    tune = _mapping(entry.get("tune", {}), f"{key}.tune", fail)
+    cls = METHODS.get(entry["name"])
+    params = tuple(cls.defaults())
+    for name, values in tune.items():
+        where = f"{key}.tune.{name}"
+        if name not in TRAIN_FIELDS and name not in params and not _takes_kwargs(cls):
+            known = f"{_hint(name, (*TRAIN_FIELDS, *params))}"
+            fail(where, f"not a training setting nor a parameter of method {entry['name']!r}{known}")
+        if any(name in entry.get(part, {}) for part in ("params", "grid", "train")):
+            fail(where, "also set in params, grid or train; give it in one place")
+        if name == "weights" and isinstance(values, dict):
+            _check_weight_search(values, where, fail)
+            continue
+        if not isinstance(values, list) or not values:
+            fail(where, f"expected a non-empty list of values, got {values!r}")
+        _check_distinct(values, where, "value", fail)
+        if name in TRAIN_FIELDS:
+            for i, value in enumerate(values):
+                item = f"{where}[{i}]"
+                _check_train_value(name, _coerce(value, TRAIN_TYPES[name], item, fail), item, fail)
+
+
+def _check_weight_search(search: Mapping[str, Any], key: str, fail: Fail) -> None:
+    if len(search) != 1 or next(iter(search)) not in WEIGHT_SEARCHES:
+        fail(key, f"expected {{grid: N}} or {{draws: N}}, got {dict(search)!r}")
+    (kind, count), = search.items()
+    if not _is_int(count) or count < 1:
+        fail(f"{key}.{kind}", f"expected a positive integer, got {count!r}")
+
+
+def weight_vectors(search: Mapping[str, int], num_tasks: int) -> list[tuple[str, list[float]]]:
+    """The weight vectors of a tuned ``fixed`` baseline, with their labels, scaled to sum to T (as
+    equal weighting's ones, so that learning rates stay comparable).
+
+    ``{grid: N}``: the simplex lattice of step 1/N with every weight positive (Σ kᵢ = N, kᵢ ≥ 1; for
+    T ≤ 3). ``{draws: N}``: N draws from the flat Dirichlet distribution (``numpy``, seed 0), each
+    labelled by its index; the weights are in the run's parameters.
+    """
+    (kind, count), = search.items()
+    if kind == "grid":
+        if num_tasks > WEIGHT_GRID_MAX_TASKS:
+            limit = WEIGHT_GRID_MAX_TASKS
+            raise ValueError(f"a weight grid needs T <= {limit}, got T = {num_tasks}; use draws")
+        ticks = itertools.product(range(1, count + 1), repeat=num_tasks)
+        points = [[num_tasks * k / count for k in combo] for combo in ticks if sum(combo) == count]
+        return [("(" + ", ".join(f"{w:g}" for w in p) + ")", p) for p in points]
+    rng = np.random.default_rng(WEIGHT_DRAWS_SEED)
+    draws = rng.dirichlet(np.ones(num_tasks), size=count) * num_tasks
+    return [(f"draw {i}", [float(w) for w in draw]) for i, draw in enumerate(draws)]
+
+
+def _tuned(
+    specs: list[PluginSpec], entry: Mapping[str, Any], num_tasks: int, key: str, fail: Fail
+) -> list[tuple[PluginSpec, dict[str, Any]]]:
+    """Each spec once per combination of the entry's ``tune`` values (every one runs on every seed),
+    labelled ``label[k=v, ...]``, with the combination's training settings."""
+    tune = entry.get("tune", {})
+    if not tune:
+        return [(spec, {}) for spec in specs]
+    axes = []
+    for name, values in tune.items():
+        if name == "weights" and isinstance(values, dict):
+            try:
+                axes.append([(name, label, w) for label, w in weight_vectors(values, num_tasks)])
+            except ValueError as err:
+                fail(f"{key}.tune.weights", str(err))
+        else:
+            typed = TRAIN_TYPES.get(name)
+            values = [v if typed is None else _coerce(v, typed, key, fail) for v in values]
+            axes.append([(name, str(v), v) for v in values])
+    tuned = []
+    for spec in specs:
+        for combo in itertools.product(*axes):
+            label = f"{spec.label}[" + ", ".join(f"{n}={text}" for n, text, _ in combo) + "]"
+            params = {**spec.params, **{n: v for n, _, v in combo if n not in TRAIN_FIELDS}}
+            train = {n: v for n, _, v in combo if n in TRAIN_FIELDS}
+            tuned.append((PluginSpec(spec.name, params, label, spec.weighting), train))
+    return tuned
+
+
+def _report_settings(
+    suite: Mapping[str, Any], runs: list[RunSpec], declared: Mapping[str, set[str]], fail: Fail
+) -> ReportSettings:
+    """The suite's ``baseline``, ``claims`` and ``published``, checked against its labels and metrics."""
+    methods = list(dict.fromkeys(tune_parts(run.method.label)[0] for run in runs))
+    baseline = suite.get("baseline", BASELINE)
+    if "baseline" in suite and baseline not in methods:
+        hint = _hint(str(baseline), tuple(methods))
+        fail("baseline", f"{baseline!r} is not a method label of the suite{hint}")
+    claims = tuple(
+        _claim(raw, f"claims[{i}]", methods, declared, fail)
+        for i, raw in enumerate(_list(suite.get("claims", []), "claims", fail))
+    )
+    published = tuple(
+        _published(raw, f"published[{i}]", methods, declared, fail)
+        for i, raw in enumerate(_list(suite.get("published", []), "published", fail))
+    )
+    return ReportSettings(baseline, claims, published)
+
+
+def _known(value: Any, allowed: Sequence[str], key: str, what: str, fail: Fail) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        fail(key, f"unknown {what} {value!r}{_hint(str(value), tuple(allowed))}")
+    return value
+
+
+def _task_and_metric(
+    entry: Mapping[str, Any], key: str, declared: Mapping[str, set[str]], fail: Fail, needs_task: bool
+) -> tuple[str | None, str]:
+    """A claim's or published number's task label (optional for claims) and a metric it declares."""
+    task = entry.get("task")
+    if task is not None or needs_task:
+        _known(task, tuple(declared), f"{key}.task", "task label", fail)
+    metrics = declared[task] if task is not None else set().union(*declared.values())
+    return task, _known(entry.get("metric"), tuple(sorted(metrics)), f"{key}.metric", "metric", fail)
+
+
+def _claim(
+    raw: Any, key: str, methods: list[str], declared: Mapping[str, set[str]], fail: Fail
+) -> Claim:
+    entry = _mapping(raw, key, fail)
+    _check_keys(entry, CLAIM_KEYS, key, fail)
+    better = _known(entry.get("better"), methods, f"{key}.better", "method label", fail)
+    than = entry.get("than")
+    if than != ALL:
+        listed = than if isinstance(than, list) else [than]
+        if not listed:
+            fail(f"{key}.than", "expected a method label, a list of them or 'all', got []")
+        than = tuple(_known(m, methods, f"{key}.than", "method label", fail) for m in listed)
+        if better in than:
+            fail(f"{key}.than", f"{better!r} cannot be better than itself")
+    task, metric = _task_and_metric(entry, key, declared, fail, needs_task=False)
+    return Claim(better, than, metric, task)
+
+
+def _published(
+    raw: Any, key: str, methods: list[str], declared: Mapping[str, set[str]], fail: Fail
+) -> Published:
+    entry = _mapping(raw, key, fail)
+    _check_keys(entry, PUBLISHED_KEYS, key, fail)
+    method = _known(entry.get("method"), methods, f"{key}.method", "method label", fail)
+    task, metric = _task_and_metric(entry, key, declared, fail, needs_task=True)
+    value = entry.get("value")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        fail(f"{key}.value", f"expected a finite number, got {value!r}")
+    source = _mapping(entry.get("source"), f"{key}.source", fail)
+    _check_keys(source, SOURCE_KEYS, f"{key}.source", fail)
+    for part in SOURCE_KEYS:
+        if not isinstance(source.get(part), str | int) or not str(source.get(part)).strip():
+            fail(f"{key}.source.{part}", f"the source's {part} is required, got {source.get(part)!r}")
+    return Published(method, str(task), metric, float(value), *(str(source[p]) for p in SOURCE_KEYS))
 
 
 def _takes_kwargs(cls: type) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import logging
 import math
 import re
@@ -17,14 +18,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark import plots
+from benchmark import plots, stats
 from benchmark.evaluate import (
-    BASELINE,
     Evaluation,
+    ReportSettings,
     TaskInfo,
     build_task,
     evaluate,
     front_counts,
+    metric_task,
     step_times,
     trajectories,
 )
@@ -33,9 +35,17 @@ from benchmark.store import ResultsStore
 
 logger = logging.getLogger(__name__)
 
+SETTINGS_FILE = "settings.json"
 LEGEND = (
-    "Cells: mean ± std (ddof 1) over the ok runs of a task and method label (n runs); the best per metric "
-    "in bold (↑ higher is better, ↓ lower); mean rank over the metrics, 1 is best. Failed and diverged "
+    "Cells: mean ± the half-width of its 95 % Student-t confidence interval over the ok runs of a task "
+    "and method label (seeds and task instances; n runs), rounded to 2 significant digits of the "
+    "half-width. Bold: the best mean per metric (↑ higher is better, ↓ lower); °: not significantly "
+    "different from the best; ▲ / ▼: significantly better / worse than the baseline. Tests: paired t-test "
+    "where two methods ran on the same seeds and task instances, Welch's t-test otherwise, Holm-corrected "
+    "across the methods of a table per metric, at 5 %. Δm%: the mean relative change over the metrics, "
+    "Δp: the same averaged per task first (LibMTL); both against single-task runs where the suite has "
+    "them, else against the baseline; lower is better. MR: mean rank over the metrics, 1 is best. "
+    "Budget: configurations tried per method (tuned ones selected on validation). Failed and diverged "
     "runs are left out and listed at the end. ‡: a deterministic task and method, trained once per task "
     "instance whatever the suite's seeds (the seed cannot change the result), so n counts distinct results."
 )
@@ -82,7 +92,15 @@ class Image:
     alt: str
 
 
-Block = Heading | Text | Items | Table | Image
+@dataclass
+class Details:
+    """A collapsible section (``<details>``, which GitHub's Markdown renders too)."""
+
+    summary: str
+    blocks: list[Block]
+
+
+Block = Heading | Text | Items | Table | Image | Details
 
 
 # ---------------------------------------------------------------- rendering
@@ -116,6 +134,8 @@ def to_markdown(blocks: list[Block]) -> str:
                 out.append("\n".join(lines))
             case Image(path, alt):
                 out.append(f"![{alt}]({path.name})")
+            case Details(summary, inner):
+                out.append(f"<details><summary>{html.escape(summary)}</summary>\n\n{to_markdown(inner)}\n</details>")
     return "\n\n".join(out) + "\n"
 
 
@@ -139,8 +159,8 @@ def _html_image(image: Image) -> str:
     return f'<img alt="{html.escape(image.alt)}" src="data:image/png;base64,{data}">'
 
 
-def to_html(blocks: list[Block], title: str) -> str:
-    """A self-contained HTML page: inline CSS, PNGs embedded as data URIs."""
+def html_body(blocks: list[Block]) -> list[str]:
+    """The HTML of each block."""
     body: list[str] = []
     for block in blocks:
         match block:
@@ -154,6 +174,15 @@ def to_html(blocks: list[Block], title: str) -> str:
                 body.append(_html_table(block))
             case Image():
                 body.append(_html_image(block))
+            case Details(summary, inner):
+                content = "\n".join(html_body(inner))
+                body.append(f"<details><summary>{_html_text(summary)}</summary>\n{content}\n</details>")
+    return body
+
+
+def to_html(blocks: list[Block], title: str) -> str:
+    """A self-contained HTML page: inline CSS, PNGs embedded as data URIs."""
+    body = html_body(blocks)
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
@@ -228,15 +257,46 @@ def arrow(higher_is_better: object) -> str:
     return "" if pd.isna(higher_is_better) else (" ↑" if higher_is_better else " ↓")
 
 
+def ci_cell(mean: float, half_width: float, count: int) -> str:
+    """``0.912 ± 0.004 (3)``, rounded to the spread (:func:`benchmark.stats.round_to_spread`)."""
+    mean_text, half_text = stats.round_to_spread(mean, half_width)
+    return f"{mean_text}{f' ± {half_text}' if half_text else ''} ({count})"
+
+
+def _markers(ev: Evaluation, label: str, name: str) -> dict[str, str]:
+    """Per method, ``°`` (not significantly different from the best) and ``▲`` / ``▼`` (significantly
+    better / worse than the baseline) on one metric of one table."""
+    marks: dict[str, str] = {}
+    near = ev.near_best
+    if len(near):
+        rows = near[(near["task_label"] == label) & (near["name"] == name) & near["near"].astype(bool)]
+        for method in rows["method_label"]:
+            marks[method] = "°"
+    sig = ev.significance
+    if len(sig):
+        rows = sig[(sig["task_label"] == label) & (sig["name"] == name) & (sig["p_holm"] < stats.ALPHA)]
+        for method, effect in zip(rows["method_label"], rows["effect"], strict=True):
+            marks[method] = marks.get(method, "") + ("▲" if effect > 0 else "▼")
+    return marks
+
+
+def budgets(label: str, ev: Evaluation) -> pd.Series:
+    """Configurations tried per method of a table (1 for an untuned method)."""
+    tuning = ev.tuning[ev.tuning["task_label"] == label]
+    return tuning.groupby("method_label", sort=False)["budget"].first()
+
+
 def results_table(label: str, ev: Evaluation) -> Table:
-    """Methods × metrics of one task label: ``mean ± std (n)``, the best in bold, and the mean rank."""
+    """The paper-table view of one task label: methods × metrics (mean ± CI half-width (n), markers),
+    Δm%, Δp, mean rank and budget."""
     summary = ev.summary[ev.summary["task_label"] == label]
     declared = summary[summary["higher_is_better"].notna()]
     shown = declared if len(declared) else summary
     names = list(dict.fromkeys(shown["name"]))
     counts = ev.counts.loc[label]
     methods = list(counts.index)
-    wide = shown.pivot(index="method_label", columns="name", values=["mean", "std", "count"]).reindex(methods)
+    wide = shown.pivot(index="method_label", columns="name", values=["mean", "half_width", "count"])
+    wide = wide.reindex(methods)
     directions = shown.groupby("name", sort=False)["higher_is_better"].first()
     ranks = ev.ranks[ev.ranks["task_label"] == label].set_index("method_label")["rank"]
 
@@ -245,18 +305,140 @@ def results_table(label: str, ev: Evaluation) -> Table:
     rows = [[method, runs_cell(counts.loc[method]) + (" ‡" if method in fixed else "")] for method in methods]
     bold: set[tuple[int, int]] = set()
     for j, name in enumerate(names, start=len(header) - len(names)):
-        means, stds, ns = wide["mean"][name], wide["std"][name], wide["count"][name]
-        for row, mean, std, n in zip(rows, means, stds, ns, strict=True):
-            row.append("—" if pd.isna(mean) else mean_std(mean, std, int(n)))
+        means, halves, ns = wide["mean"][name], wide["half_width"][name], wide["count"][name]
+        marks = _markers(ev, label, str(name))
+        for row, method, mean, half, n in zip(rows, methods, means, halves, ns, strict=True):
+            row.append("—" if pd.isna(mean) else ci_cell(mean, half, int(n)) + marks.get(method, ""))
         if not pd.isna(directions[name]):
             bold |= {(i, j) for i in best_rows(list(means), bool(directions[name]))}
-    deltas = ev.delta_m[ev.delta_m["task_label"] == label].set_index("method_label")["delta_m"]
-    for title, column in ((f"Δm% vs {BASELINE} ↓", deltas), ("Mean rank", ranks)):
+    deltas = ev.delta_m[ev.delta_m["task_label"] == label].set_index("method_label")
+    reference = str(deltas["reference"].iloc[0]) if len(deltas) else ""
+    columns = [
+        (f"Δm% vs {reference} ↓", deltas["delta_m"] if len(deltas) else deltas),
+        (f"Δp vs {reference} ↓", deltas["delta_p"] if len(deltas) else deltas),
+        ("MR", ranks),
+        ("Budget", budgets(label, ev)),
+    ]
+    for title, column in columns:
         if len(column):
             header.append(title)
             for row, method in zip(rows, methods, strict=True):
-                row.append(fmt(column.get(method, float("nan"))))
+                value = column.get(method, float("nan"))
+                row.append(f"{value:.2f}" if title.startswith("Δ") and not pd.isna(value) else fmt(value))
     return Table(header, rows, bold)
+
+
+def budget_warning(label: str, ev: Evaluation) -> list[Block]:
+    """A warning when the methods of a table had different tuning budgets."""
+    budget = budgets(label, ev)
+    if budget.nunique() <= 1:
+        return []
+    listed = ", ".join(f"{m} {int(b)}" for m, b in budget.items())
+    return [Text(f"⚠ Unequal tuning budgets (configurations per method: {listed}): a method given more "
+                 "configurations had more chances to do well on validation.")]
+
+
+def tuning_table(label: str, ev: Evaluation) -> list[Block]:
+    """Every tuning configuration of the table's tuned methods, its validation score, the one kept."""
+    tuning = ev.tuning[(ev.tuning["task_label"] == label) & (ev.tuning["budget"] > 1)]
+    if tuning.empty:
+        return []
+    rows = [
+        [r.method_label, r.config, fmt(r.val_score), "✓" if r.selected else ""] for r in tuning.itertuples()
+    ]
+    return [Table(["Method", "Configuration", "Mean validation score", "Selected"], rows)]
+
+
+def significance_table(label: str, ev: Evaluation) -> list[Block]:
+    """The tests behind the markers: each method against the baseline, per metric."""
+    sig = ev.significance[ev.significance["task_label"] == label]
+    if sig.empty:
+        return []
+    rows = [
+        [r.method_label, r.name, r.test, f"{r.n} / {r.n_reference}", effect_cell(r.effect, r.low, r.high),
+         fmt(r.p), fmt(r.p_holm)]
+        for r in sig.itertuples()
+    ]
+    header = ["Method", "Metric", "Test", "n / n baseline", "Improvement [95 % CI]", "p", "p (Holm)"]
+    return [Text(f"Each method against the baseline `{ev.settings.baseline}`; improvement: the difference of "
+                 "the means, signed so that positive is better."), Table(header, rows)]
+
+
+def effect_cell(effect: float, low: float, high: float) -> str:
+    """``+0.031 [0.004, 0.058]``, rounded to the interval's spread."""
+    half = (high - low) / 2 if not (pd.isna(low) or pd.isna(high)) else float("nan")
+    text, _ = stats.round_to_spread(effect, half)
+    if pd.isna(half):
+        return text
+    low_text, _ = stats.round_to_spread(low, half)
+    high_text, _ = stats.round_to_spread(high, half)
+    return f"{text} [{low_text}, {high_text}]"
+
+
+def attribute_table(label: str, ev: Evaluation) -> list[Block]:
+    """For a task with many losses, each per-loss value (``<stat>/<task>``) per method, in a table."""
+    first = ev.runs[ev.runs["task_label"] == label].iloc[0]
+    info = ev.infos.get(int(first["run_id"]), TaskInfo())
+    if len(info.task_names) < 4:
+        return []
+    summary = ev.summary[ev.summary["task_label"] == label]
+    per_task = summary[summary["name"].map(lambda n: metric_task(n, info) is not None)]
+    if per_task.empty:
+        return []
+    wide = per_task.pivot(index="name", columns="method_label", values="mean")
+    methods = list(dict.fromkeys(per_task["method_label"]))
+    names = list(dict.fromkeys(per_task["name"]))
+    rows = [[name, *(fmt(wide.loc[name, m]) for m in methods)] for name in names]
+    table = Table(["Value", *methods], rows)
+    return [Details(f"{label}: {len(names)} per-task values (means over runs)", [table])]
+
+
+def published_table(label: str, ev: Evaluation) -> list[Block]:
+    """The suite's published numbers beside ours: difference, and whether ours covers them."""
+    published = [p for p in ev.settings.published if p.task == label]
+    if not published:
+        return []
+    summary = ev.summary[ev.summary["task_label"] == label].set_index(["method_label", "name"])
+    rows = []
+    for p in published:
+        ours = summary.loc[(p.method, p.metric)] if (p.method, p.metric) in summary.index else None
+        if ours is None:
+            rows.append([p.method, p.metric, f"{p.value:g}", "—", "—", "—", f"{p.paper}, {p.table}, {p.row}"])
+            continue
+        inside = abs(p.value - ours["mean"]) <= ours["half_width"]
+        rows.append([
+            p.method, p.metric, f"{p.value:g}", ci_cell(ours["mean"], ours["half_width"], int(ours["count"])),
+            fmt(ours["mean"] - p.value), "—" if pd.isna(ours["half_width"]) else ("yes" if inside else "no"),
+            f"{p.paper}, table {p.table}, row {p.row}",
+        ])
+    header = ["Method", "Metric", "Published", "Ours", "Ours − published", "Within our 95 % CI", "Source"]
+    return [Heading("Published numbers", 3), Table(header, rows)]
+
+
+def claim_blocks(ev: Evaluation) -> list[Block]:
+    """Each claim of the suite, its verdict per task label, and the comparisons behind it."""
+    claims = ev.claims
+    if claims.empty:
+        return []
+    blocks: list[Block] = [
+        Heading("Claims"),
+        Text("A claim is supported when the method is significantly better than each method it names "
+             "(the tests of the tables, Holm-corrected across the claim's comparisons, at 5 %), not "
+             "supported when it is significantly worse than one, and inconclusive otherwise."),
+    ]
+    for (_, label), part in claims.groupby(["claim", "task_label"], sort=False):
+        first = part.iloc[0]
+        blocks.append(Text(f"{first['text']} ({label}): **{first['verdict']}**"
+                           + (f" ({first['note']})" if first["note"] else "")))
+        tested = part[part["note"] == ""]
+        if len(tested):
+            rows = [
+                [r.reference, r.test, f"{r.n} / {r.n_reference}", effect_cell(r.effect, r.low, r.high),
+                 fmt(r.p), fmt(r.p_holm)]
+                for r in tested.itertuples()
+            ]
+            blocks.append(Table(["Than", "Test", "n / n", "Improvement [95 % CI]", "p", "p (Holm)"], rows))
+    return blocks
 
 
 def front_lines(label: str, ev: Evaluation) -> list[str]:
@@ -318,7 +500,13 @@ def task_section(
         Heading(label),
         results_table(label, ev),
         Text(selection_text(ev.infos[int(first["run_id"])])),
+        *budget_warning(label, ev),
+        *published_table(label, ev),
+        *attribute_table(label, ev),
     ]
+    detail = [*significance_table(label, ev), *tuning_table(label, ev)]
+    if detail:
+        blocks.append(Details(f"{label}: significance tests and tuning", detail))
     summary = ev.summary[ev.summary["task_label"] == label]
     if fronts := front_lines(label, ev):
         blocks.append(Items(fronts))
@@ -342,7 +530,9 @@ def failures(runs: pd.DataFrame) -> list[Block]:
     return [Heading("Failed and diverged runs"), Items(items)]
 
 
-def report_blocks(store: ResultsStore, suite: str, out_dir: Path) -> list[Block]:
+def report_blocks(
+    store: ResultsStore, suite: str, out_dir: Path, settings: ReportSettings | None = None
+) -> list[Block]:
     """The whole report; writes the PNGs it refers to into ``out_dir``."""
     runs = store.runs(suite)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -361,17 +551,30 @@ def report_blocks(store: ResultsStore, suite: str, out_dir: Path) -> list[Block]
             *failures(runs),
         ]
     metrics, timings = store.metrics(suite), store.timings(suite)
-    ev = evaluate(runs, metrics)
+    ev = evaluate(runs, metrics, settings=settings)
+    blocks.append(Text(f"Baseline of the tests: `{ev.settings.baseline}`."))
     for i, label in enumerate(dict.fromkeys(runs["task_label"])):
         blocks += task_section(label, ev, metrics, timings, out_dir, f"{i:02d}_{slug(label)}")
-    return blocks + failures(runs)
+    return blocks + claim_blocks(ev) + failures(runs)
 
 
-def write_report(store: ResultsStore, suite: str, out_dir: str | Path) -> Path:
-    """Write ``index.md``, ``index.html`` and the PNGs of ``suite`` into ``out_dir``; return the HTML path."""
+def write_report(
+    store: ResultsStore, suite: str, out_dir: str | Path, settings: ReportSettings | None = None
+) -> Path:
+    """Write ``index.md``, ``index.html`` and the PNGs of ``suite`` into ``out_dir``; return the HTML path.
+
+    ``settings`` (the suite file's baseline, claims and published numbers) are kept in ``out_dir`` as
+    ``settings.json``; without them (``run_all.py report``, which has no suite file) the kept ones are
+    used, else the defaults.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    blocks = report_blocks(store, suite, out_dir)
+    kept = out_dir / SETTINGS_FILE
+    if settings is None and kept.is_file():
+        settings = ReportSettings.from_dict(json.loads(kept.read_text(encoding="utf-8")))
+    settings = settings or ReportSettings()
+    kept.write_text(json.dumps(settings.to_dict(), indent=1), encoding="utf-8")
+    blocks = report_blocks(store, suite, out_dir, settings)
     (out_dir / "index.md").write_text(to_markdown(blocks), encoding="utf-8")
     page = out_dir / "index.html"
     page.write_text(to_html(blocks, f"Gradient Surgery Bench: {suite}"), encoding="utf-8")

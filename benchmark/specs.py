@@ -40,6 +40,8 @@ class TaskInfo:
         deterministic: the task and the method are both deterministic: the seed cannot change the
             result, so the run stands for every seed of its suite.
         landscape: the task has a 2-D landscape to draw trajectories on (the report builds it).
+        task_names: the names of the task's losses, in loss order: a metric named
+            ``<stat>/<task name>`` belongs to that loss (:func:`benchmark.evaluate.metric_task`).
     """
 
     metrics: tuple[Metric, ...] = ()
@@ -47,6 +49,7 @@ class TaskInfo:
     selection_metric: str | None = None
     deterministic: bool = False
     landscape: bool = False
+    task_names: tuple[str, ...] = ()
 
     @property
     def directions(self) -> dict[str, bool]:
@@ -59,7 +62,8 @@ class TaskInfo:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskInfo:
         metrics = tuple(Metric(**m) for m in data.get("metrics", ()))
-        return cls(**{**data, "metrics": metrics, "eval_splits": tuple(data.get("eval_splits", ()))})
+        tuples = {key: tuple(data.get(key, ())) for key in ("eval_splits", "task_names")}
+        return cls(**{**data, "metrics": metrics, **tuples})
 
 
 NOT_IDENTITY = {"identity": False}

@@ -202,7 +202,7 @@ class Task:
         """What a report needs of this task, stored with each run (so reports never build tasks)."""
         return TaskInfo(
             tuple(self.metrics()), tuple(self.eval_splits), self.selection_metric,
-            self.deterministic and method_deterministic, self.landscape() is not None,
+            self.deterministic and method_deterministic, self.landscape() is not None, self.task_names,
         )
 
     @classmethod

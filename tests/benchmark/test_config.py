@@ -344,3 +344,133 @@ def test_the_config_hash_follows_the_plugin_code(tmp_path) -> None:
     moved = tmp_path / "elsewhere.py"
     moved.write_text("# version 2\n")
     assert parse_suite({**raw, "plugins": [str(moved)]}).runs[0].config_hash() == second.config_hash()
+
+
+# ---------------------------------------------------------------- tuning, baseline, claims, published
+
+
+def test_tune_runs_every_combination_on_every_seed_labelled_under_the_method() -> None:
+    methods = [
+        "ew",
+        {"name": "graddrop", "tune": {"lr": [0.1, "1e-2"], "k": [0.0, 1.0]}, "train": {"level": "param"}},
+    ]
+    runs = parse_suite(suite(methods=methods)).runs
+    tuned = [r for r in runs if r.method.name == "graddrop"]
+    assert len(tuned) == 2 * 2 * 2
+    assert tuned[0].method.label == "graddrop[lr=0.1, k=0.0]" and tuned[0].train.lr == 0.1
+    assert tuned[-1].method.label == "graddrop[lr=0.01, k=1.0]"
+    assert tuned[-1].train.lr == 0.01 and tuned[-1].method.params == {"k": 1.0}
+    assert len({r.config_hash() for r in tuned}) == 8
+
+
+def test_a_tuned_fixed_baseline_searches_a_weight_grid_or_simplex_draws() -> None:
+    methods = [{"name": "fixed", "tune": {"weights": {"grid": 4}}}]
+    runs = parse_suite(suite(methods=methods, seeds=[0])).runs
+    # T = 3, step 1/4, every weight positive: (1,1,2), (1,2,1), (2,1,1); scaled to sum to 3
+    assert [r.method.params["weights"] for r in runs] == [
+        [0.75, 0.75, 1.5],
+        [0.75, 1.5, 0.75],
+        [1.5, 0.75, 0.75],
+    ]
+    assert runs[0].method.label == "fixed[weights=(0.75, 0.75, 1.5)]"
+    draws = parse_suite(suite(methods=[{"name": "fixed", "tune": {"weights": {"draws": 5}}}], seeds=[0])).runs
+    weights = [r.method.params["weights"] for r in draws]
+    assert len(weights) == 5 and all(sum(w) == pytest.approx(3.0) and min(w) > 0 for w in weights)
+    again = parse_suite(suite(methods=[{"name": "fixed", "tune": {"weights": {"draws": 5}}}], seeds=[0])).runs
+    assert [r.method.params["weights"] for r in again] == weights  # seeded
+    assert draws[4].method.label == "fixed[weights=draw 4]"
+
+
+def test_report_settings_are_read_and_checked() -> None:
+    claims = [
+        {"better": "graddrop(k=1.0)", "than": "all", "metric": "total"},
+        {"better": "ew", "than": ["graddrop(k=0.0)"], "metric": "total", "task": "_linear"},
+    ]
+    published = [
+        {
+            "method": "ew",
+            "task": "_linear",
+            "metric": "total",
+            "value": 1.5,
+            "source": {"paper": "P", "table": 2, "row": "EW"},
+        }
+    ]
+    settings = parse_suite(suite(baseline="ew", claims=claims, published=published)).settings
+    assert settings.baseline == "ew"
+    assert settings.claims[0].than == "all" and settings.claims[1].than == ("graddrop(k=0.0)",)
+    assert settings.published[0].value == 1.5 and settings.published[0].table == "2"
+    assert parse_suite(suite()).settings.claims == ()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"baseline": "pcgrad"}, "baseline: 'pcgrad' is not a method label"),
+        (
+            {"claims": [{"better": "gradrop", "than": "all", "metric": "total"}]},
+            "claims[0].better: unknown method label 'gradrop'",
+        ),
+        (
+            {"claims": [{"better": "ew", "than": "ew", "metric": "total"}]},
+            "claims[0].than: 'ew' cannot be better than itself",
+        ),
+        (
+            {"claims": [{"better": "ew", "than": "all", "metric": "acc"}]},
+            "claims[0].metric: unknown metric 'acc'",
+        ),
+        (
+            {"claims": [{"better": "ew", "than": "all", "metric": "total", "task": "x"}]},
+            "claims[0].task: unknown task label 'x'",
+        ),
+        (
+            {
+                "published": [
+                    {
+                        "method": "ew",
+                        "task": "_linear",
+                        "metric": "total",
+                        "value": "high",
+                        "source": {"paper": "P", "table": "1", "row": "r"},
+                    }
+                ]
+            },
+            "published[0].value: expected a finite number",
+        ),
+        (
+            {
+                "published": [
+                    {
+                        "method": "ew",
+                        "task": "_linear",
+                        "metric": "total",
+                        "value": 1.0,
+                        "source": {"paper": "P", "table": "1"},
+                    }
+                ]
+            },
+            "published[0].source.row: the source's row is required",
+        ),
+        ({"methods": [{"name": "ew", "tune": {"lr": []}}]}, "methods[0].tune.lr: expected a non-empty list"),
+        ({"methods": [{"name": "ew", "tune": {"lr": [-1.0]}}]}, "methods[0].tune.lr[0]: must be > 0"),
+        (
+            {"methods": [{"name": "ew", "tune": {"leak": [0.1]}}]},
+            "methods[0].tune.leak: not a training setting",
+        ),
+        ({"methods": [{"name": "ew", "label": "a[b]"}]}, "methods[0].label: '[' marks tuning"),
+        (
+            {"methods": [{"name": "fixed", "tune": {"weights": {"grid": 0}}}]},
+            "methods[0].tune.weights.grid: expected a positive integer",
+        ),
+        (
+            {
+                "tasks": [{"name": "_linear", "params": {"num_tasks": 4}}],
+                "methods": [{"name": "fixed", "tune": {"weights": {"grid": 4}}}],
+            },
+            "methods[0].tune.weights: a weight grid needs T <= 3, got T = 4",
+        ),
+    ],
+)
+def test_report_and_tuning_errors_name_the_key_and_the_value(changes: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_suite(suite(**changes))
+    assert message in str(err.value)

@@ -7,14 +7,18 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
 from benchmark.evaluate import (
+    Claim,
+    ReportSettings,
     TaskInfo,
     aggregate,
     delta_m,
     evaluate,
     evaluated_values,
     front_counts,
+    metric_task,
     ranks,
     status_counts,
     trajectories,
@@ -237,3 +241,136 @@ def test_an_unknown_task_is_evaluated_without_directions(caplog: pytest.LogCaptu
 def test_empty_frames_give_empty_results() -> None:
     ev = evaluate(runs_frame("_fake_evaluate_task", [])[:0], metric_rows(1, {})[:0], infos={})
     assert ev.values.empty and ev.summary.empty and ev.ranks.empty and ev.counts.empty
+
+
+# ---------------------------------------------------------------- tuning, tests, STL stitching, claims
+
+
+def suite_frames(
+    results: list[tuple[str, int, dict[str, dict[str, list[float]]]]],
+    info: TaskInfo = ACC_LOSS,
+    method_specs: dict[str, dict] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, TaskInfo]]:
+    """Runs and metrics frames of ``(method label, seed, values)`` runs of one task label."""
+    metrics, runs = [], []
+    for run_id, (method, seed, values) in enumerate(results, start=1):
+        metrics.append(metric_rows(run_id, values, method=method, seed=seed))
+        method_spec = (method_specs or {}).get(method, {"name": method})
+        spec = {"task": {"name": "t", "params": {}}, "method": method_spec}
+        runs.append((run_id, "t", "task", method, seed, "ok", spec, info))
+    columns = ["run_id", "task", "task_label", "method_label", "seed", "status", "spec", "info"]
+    frame = pd.DataFrame(runs, columns=columns)
+    return frame, pd.concat(metrics, ignore_index=True), {r[0]: info for r in runs}
+
+
+def acc_run(method: str, seed: int, val: float, test: float) -> tuple[str, int, dict]:
+    return method, seed, {"val": {"acc": [val]}, "test": {"acc": [test], "loss": [1.0]}}
+
+
+def test_tuning_selects_on_validation_not_on_test() -> None:
+    # lr=0.1 is best on validation (0.8 > 0.6) but worse on test (0.5 < 0.9): it must be kept.
+    results = [acc_run("g[lr=0.1]", s, 0.8, 0.5 + s / 100) for s in range(2)]
+    results += [acc_run("g[lr=0.01]", s, 0.6, 0.9 + s / 100) for s in range(2)]
+    results += [acc_run("ew", s, 0.5, 0.7) for s in range(2)]
+    runs, metrics, infos = suite_frames(results)
+    ev = evaluate(runs, metrics, infos)
+    acc = ev.summary[ev.summary["name"] == "acc"].set_index("method_label")["mean"]
+    assert acc.to_dict() == pytest.approx({"g": 0.505, "ew": 0.7})
+    tuning = ev.tuning.set_index(["method_label", "config"])
+    assert tuning.loc[("g", "lr=0.1"), "selected"] and not tuning.loc[("g", "lr=0.01"), "selected"]
+    assert tuning.loc[("g", "lr=0.1"), "val_score"] == pytest.approx(0.8)
+    assert tuning["budget"].to_dict() == {("g", "lr=0.1"): 2, ("g", "lr=0.01"): 2, ("ew", ""): 1}
+    assert set(ev.runs["method_label"]) == {"g", "ew"} and len(ev.runs) == 4
+    assert len(ev.all_runs) == 6
+
+
+def test_significance_is_paired_on_shared_seeds_and_holm_adjusted() -> None:
+    tests = {"a": [0.9, 0.91, 0.93], "b": [0.52, 0.61, 0.5], "ew": [0.5, 0.6, 0.55]}
+    results = [acc_run(m, s, 0.5, v) for m, vs in tests.items() for s, v in enumerate(vs)]
+    results.append(acc_run("c", 7, 0.5, 0.7))  # a seed of its own: Welch, one run: no p-value
+    runs, metrics, infos = suite_frames(results)
+    ev = evaluate(runs, metrics, infos)
+    sig = ev.significance[ev.significance["name"] == "acc"].set_index("method_label")
+    assert sig.loc["a", "test"] == "paired t" and sig.loc["c", "test"] == "Welch t"
+    p_a = sps.ttest_rel([0.9, 0.91, 0.93], [0.5, 0.6, 0.55]).pvalue
+    p_b = sps.ttest_rel([0.52, 0.61, 0.5], [0.5, 0.6, 0.55]).pvalue
+    assert sig.loc["a", "p"] == pytest.approx(p_a) and sig.loc["b", "p"] == pytest.approx(p_b)
+    assert sig.loc["a", "p_holm"] == pytest.approx(min(1.0, 2 * min(p_a, p_b)))
+    assert sig.loc["b", "p_holm"] == pytest.approx(min(1.0, max(2 * min(p_a, p_b), p_b)))
+    assert math.isnan(sig.loc["c", "p"])
+    assert sig.loc["a", "effect"] == pytest.approx(2.74 / 3 - 0.55)
+    near = ev.near_best[ev.near_best["name"] == "acc"].set_index("method_label")
+    assert set(near["reference"]) == {"a"}
+    assert near["near"].to_dict() == {"b": False, "ew": False, "c": False}  # c: one run, untested
+    half = ev.summary.set_index(["method_label", "name"]).loc[("a", "acc"), "half_width"]
+    assert half == pytest.approx(sps.t.ppf(0.975, 2) * np.std([0.9, 0.91, 0.93], ddof=1) / math.sqrt(3))
+
+
+TWO_TASKS = TaskInfo(
+    (Metric("acc/left", True), Metric("acc/right", True), Metric("accuracy", True)),
+    ("val", "test"), "accuracy", task_names=("left", "right"),
+)
+
+
+def two_task_run(method: str, seed: int, val: tuple[list, list], test: tuple[list, list]) -> tuple:
+    values = {
+        split: {"acc/left": left, "acc/right": right, "accuracy": list((np.add(left, right)) / 2)}
+        for split, (left, right) in (("val", val), ("test", test))
+    }
+    return method, seed, values
+
+
+def test_stl_references_are_stitched_per_task_and_selected_on_their_own_metric() -> None:
+    stl = {f"stl(task={k})": {"name": "stl", "params": {"task": k}} for k in (0, 1)}
+    results = [
+        # stl(task=0): left is best on val at step 10 (0.9), where test left is 0.8; the mean
+        # accuracy would pick step 0. Its right accuracy must not be used.
+        two_task_run("stl(task=0)", 0, ([0.5, 0.9], [0.9, 0.0]), ([0.1, 0.8], [0.9, 0.1])),
+        two_task_run("stl(task=1)", 0, ([0.0, 0.1], [0.6, 0.7]), ([0.0, 0.1], [0.4, 0.5])),
+        two_task_run("ew", 0, ([0.5], [0.5]), ([0.4], [0.6])),
+    ]
+    runs, metrics, infos = suite_frames(results, TWO_TASKS, stl)
+    ev = evaluate(runs, metrics, infos)
+    # references: left 0.8 (stl 0), right 0.5 (stl 1); "accuracy" belongs to no task: left out
+    d = ev.delta_m.set_index("method_label")
+    changes = [-(0.4 - 0.8) / 0.8, -(0.6 - 0.5) / 0.5]
+    assert d.loc["ew", "delta_m"] == pytest.approx(100 * np.mean(changes))
+    assert d.loc["ew", "delta_p"] == pytest.approx(100 * np.mean(changes))
+    assert d.loc["ew", "reference"] == "stl"
+
+
+def test_without_stl_runs_the_baseline_is_the_reference_and_delta_p_groups_by_task() -> None:
+    results = [
+        two_task_run("ew", 0, ([0.5], [0.5]), ([0.5], [0.5])),
+        two_task_run("m", 0, ([0.5], [0.5]), ([0.6], [0.5])),
+    ]
+    runs, metrics, infos = suite_frames(results, TWO_TASKS)
+    d = evaluate(runs, metrics, infos).delta_m.set_index("method_label")
+    # m: left +20 % -> -20; right 0; accuracy +10 % -> -10. Δm = -10; Δp = tasks left, right, accuracy
+    assert d.loc["m", "delta_m"] == pytest.approx(-10.0)
+    assert d.loc["m", "delta_p"] == pytest.approx(-10.0)
+    assert d.loc["m", "reference"] == "ew"
+    assert metric_task("acc/left", TWO_TASKS) == 0 and metric_task("accuracy", TWO_TASKS) is None
+
+
+@pytest.mark.parametrize(
+    ("better", "expected"),
+    [
+        ([0.9, 0.92, 0.91, 0.93], "supported"),
+        ([0.3, 0.32, 0.31, 0.33], "not supported"),
+        ([0.52, 0.49, 0.6, 0.45], "inconclusive"),
+    ],
+)
+def test_claim_verdicts_on_data_whose_answer_is_known(better: list[float], expected: str) -> None:
+    others = {"ew": [0.5, 0.51, 0.52, 0.49], "r": [0.55, 0.56, 0.53, 0.54]}
+    results = [acc_run("g", s, 0.5, v) for s, v in enumerate(better)]
+    results += [acc_run(m, s, 0.5, v) for m, vs in others.items() for s, v in enumerate(vs)]
+    runs, metrics, infos = suite_frames(results)
+    claims = (Claim("g", "all", "acc"), Claim("g", ("r",), "acc", "task"), Claim("g", ("x",), "acc"))
+    table = evaluate(runs, metrics, infos, ReportSettings(claims=claims)).claims
+    assert set(table.loc[table["claim"] == 0, "reference"]) == {"ew", "r"}
+    assert set(table.loc[table["claim"] < 2, "verdict"]) == {expected}
+    assert table.loc[table["claim"] == 2, "verdict"].item() == "inconclusive"  # no runs of x
+    row = table[(table["claim"] == 1)].iloc[0]
+    assert row["effect"] == pytest.approx(np.mean(better) - 0.545)
+    assert row["low"] < row["effect"] < row["high"]

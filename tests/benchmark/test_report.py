@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from benchmark.evaluate import Claim, Published, ReportSettings
 from benchmark.registry import TASKS
 from benchmark.report import write_report
 from benchmark.specs import PluginSpec, RunSpec, TrainSpec
@@ -107,12 +108,17 @@ def test_report_tables_plots_and_failures(store: ResultsStore, tmp_path: Path) -
 
     assert page == tmp_path / "report" / "index.html"
     assert "9 runs: 8 ok, 0 diverged, 1 failed." in markdown
-    assert "| Method | Runs | acc ↑ | loss ↓ | Δm% vs ew ↓ | Mean rank |" in markdown
-    assert "| ew | 2 | **0.875 ± 0.03536 (2)** | 0.6 ± 0.1414 (2) | 0 | 1.5 |" in markdown
-    # Δm%: accuracy 25.71 % worse, loss 58.33 % better -> −16.31
-    pcgrad = "| PCGrad | 2 ok, 1 failed | 0.65 ± 0.07071 (2) | **0.25 ± 0.07071 (2)** | -16.31 | 1.5 |"
+    assert "| Method | Runs | acc ↑ | loss ↓ | Δm% vs ew ↓ | Δp vs ew ↓ | MR | Budget |" in markdown
+    # ew's accuracy: 0.85, 0.90: half-width t(0.975, 1) 0.03536 / sqrt(2) = 0.3177 -> 0.32; mean to 0.01.
+    # Not significantly different from the best (paired t, p = 0.09): °
+    assert "| ew | 2 | **0.88 ± 0.32 (2)** | 0.6 ± 1.3 (2)° | 0.00 | 0.00 | 1.5 | 1 |" in markdown
+    # Δm%: accuracy 25.71 % worse, loss 58.33 % better -> −16.31; one metric per task: Δp = Δm%
+    pcgrad = "| PCGrad | 2 ok, 1 failed | 0.65 ± 0.64 (2)° | **0.25 ± 0.64 (2)** | -16.31 | -16.31 "
+    pcgrad += "| 1.5 | 1 |"
     assert pcgrad in markdown
-    assert "<b>0.875 ± 0.03536 (2)</b>" in html
+    assert "<b>0.88 ± 0.32 (2)</b>" in html
+    assert "| PCGrad | acc | paired t | 2 / 2 | -0.23 [-0.54, 0.09] | 0.07045 | 0.07045 |" in markdown
+    assert "<details><summary>_fake_report_task: significance tests and tuning</summary>" in html
     assert "PCGrad / seed 2: failed: ValueError: exploded" in markdown
     assert "MGDA: 2 of 2 runs ended on the Pareto front" in markdown
     assert "LS: 1 of 2 runs ended on the Pareto front" in markdown
@@ -138,3 +144,32 @@ def test_report_of_a_suite_whose_runs_all_failed(tmp_path: Path) -> None:
     markdown = (tmp_path / "bad" / "index.md").read_text()
     assert "No run of this suite finished" in markdown
     assert "EW / seed 0: failed: KeyError: 'x'" in markdown
+
+
+def test_claims_published_numbers_and_kept_settings(store: ResultsStore, tmp_path: Path) -> None:
+    settings = ReportSettings(
+        claims=(Claim("PCGrad", ("ew",), "loss", "_fake_report_task"),),
+        published=(Published("ew", "_fake_report_task", "acc", 0.8, "Paper 2020", "2", "EW"),),
+    )
+    write_report(store, "suite", tmp_path / "report", settings)
+    markdown = (tmp_path / "report" / "index.md").read_text()
+    claim = "PCGrad better than ew in loss on _fake_report_task (_fake_report_task): **inconclusive**"
+    assert claim in markdown
+    assert "| ew | paired t | 2 / 2 | 0.35 [-0.29, 0.99] | 0.09033 | 0.09033 |" in markdown
+    # ours 0.875 ± 0.318 covers 0.8: the difference is 0.075
+    assert "| ew | acc | 0.8 | 0.88 ± 0.32 (2) | 0.075 | yes | Paper 2020, table 2, row EW |" in markdown
+    write_report(store, "suite", tmp_path / "report")  # as `run_all.py report` does: the kept settings
+    assert "**inconclusive**" in (tmp_path / "report" / "index.md").read_text()
+
+
+def test_tuned_runs_are_reported_under_their_method_with_budgets(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "results.db")
+    for seed in (0, 1):
+        store.save(classifier_run("ew", seed, 0.8, 0.5))
+        for label, acc in (("pcgrad[lr=0.1]", 0.7), ("pcgrad[lr=0.01]", 0.9)):
+            store.save(classifier_run(label, seed, acc + seed / 100, 0.5))
+    write_report(store, "suite", tmp_path / "report")
+    markdown = (tmp_path / "report" / "index.md").read_text()
+    assert "| pcgrad | 2 |" in markdown and "pcgrad[lr" not in markdown.split("<details>")[0]
+    assert "Unequal tuning budgets (configurations per method: ew 1, pcgrad 2)" in markdown
+    assert "| pcgrad | lr=0.1 | 0.9 | ✓ |" in markdown  # all validation scores tie at 0.9: the first
