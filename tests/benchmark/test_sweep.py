@@ -65,7 +65,7 @@ def test_process_executor(tmp_path: Path) -> None:
 
 
 def test_executors_are_a_registry_and_the_cli_offers_its_names() -> None:
-    assert EXECUTORS.names() == ["processes", "serial"]
+    assert EXECUTORS.names() == ["processes", "ray", "serial"]
     assert all(issubclass(EXECUTORS.get(name), Executor) for name in EXECUTORS.names())
     assert run_all.parse_args(["run", "--executor", "serial"]).executor == "serial"
     with pytest.raises(UnknownNameError, match=r"unknown executor 'seriall' \(did you mean 'serial'\?\)"):
