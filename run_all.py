@@ -2,6 +2,7 @@
 
 python run_all.py                               # run configs/quick.yaml, then write its report
 python run_all.py run --suite configs/toy2d.yaml [--executor processes] [--device cuda] [--data-root DIR]
+python run_all.py run --suite S.yaml --executor ray [--address auto|ray://host:port] [--max-retries 2]
 python run_all.py report [--suite quick]        # reports from what the store holds
 python run_all.py list [methods|tasks] [PATTERN] [--data-root DIR]
 python run_all.py prepare NAME [--data-root DIR] [--workers N]   # convert a task's dataset once
@@ -76,6 +77,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     run.add_argument("--suite", type=Path, default=DEFAULT_SUITE, help="suite YAML file")
     run.add_argument("--executor", choices=EXECUTORS.names(), default="processes")
+    run.add_argument("--address", help="Ray cluster (auto, ray://host:port); default: a local Ray")
+    run.add_argument(
+        "--max-retries", type=non_negative_int, default=2, help="Ray: retries of a run whose worker died"
+    )
     run.add_argument("--device", help="override every run's device, e.g. cuda")
     run.add_argument(
         "--set",
@@ -146,11 +151,32 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def executor_options(args: argparse.Namespace) -> dict[str, object]:
+    """The Ray executor's options; ``--address`` with another executor is a mistake."""
+    if args.executor == "ray":
+        return {"address": args.address, "max_retries": args.max_retries}
+    if args.address is not None:
+        raise UserError(f"--address {args.address}: only with --executor ray, got --executor {args.executor}")
+    return {}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     overrides = dict(args.set) | ({"device": args.device} if args.device else {})
+    options = executor_options(args)
     suite = load_suite(args.suite, overrides, args.data_root, args.plugin)  # runs carry the plugins
     store = ResultsStore(args.results)
-    statuses = run_suite(suite, store, args.executor, args.workers, rerun=args.rerun)
+    statuses = run_suite(suite, store, args.executor, args.workers, rerun=args.rerun, options=options)
     log.info("suite %s: %s", suite.name, dict(statuses) or "nothing to run, all results stored")
     if not args.no_report:
         write_report(store, suite.name, args.reports / suite.name, suite.settings)

@@ -6,6 +6,7 @@ A suite file::
     seeds: [0, 1, 2]                  # or a count: 3 -> 0, 1, 2
     plugins: [my_methods.py]          # optional, relative to the suite file
     train: {steps: 500}               # TrainSpec overrides for every run
+    resources: {num_cpus: 1}          # what the Ray executor reserves per run (also per entry)
     tasks:
       - name: toy2d
         params: {variant: nashmtl}
@@ -29,7 +30,8 @@ A suite file::
 
 Training settings are merged, later winning: ``TrainSpec`` defaults, the task's ``train_defaults``,
 the suite's ``train``, the task entry's ``train``, the method entry's ``train``, the command line's
-overrides. Each mapping is checked where it is written, so an error names that place
+overrides. ``resources`` (``num_cpus``, ``num_gpus``: numbers >= 0) merge the same way, without the
+command line. Each mapping is checked where it is written, so an error names that place
 (``tasks[1].train.lr``, ``--device``). A float setting also accepts a string that parses as a float:
 YAML 1.1 reads ``1e-3`` (no dot) as a string, and it is the number the user meant.
 
@@ -70,9 +72,11 @@ from benchmark.specs import JACOBIAN_STRATEGIES, OPTIMIZERS, SCHEDULES, PluginSp
 from benchmark.task import Task, get_task
 
 SUITE_KEYS = (
-    "name", "description", "seeds", "plugins", "train", "tasks", "methods", "baseline", "claims", "published"
+    "name", "description", "seeds", "plugins", "train", "resources", "tasks", "methods",
+    "baseline", "claims", "published",
 )
-ENTRY_KEYS = ("name", "label", "params", "grid", "train")
+ENTRY_KEYS = ("name", "label", "params", "grid", "train", "resources")
+RESOURCE_KEYS = ("num_cpus", "num_gpus")
 TASK_KEYS = (*ENTRY_KEYS, "data_root")
 METHOD_KEYS = (*ENTRY_KEYS, "weighting", "tune")
 CLAIM_KEYS = ("better", "than", "metric", "task")
@@ -192,6 +196,7 @@ class _Shared:
     plugins: tuple[str, ...]
     versions: tuple[str, ...]
     train: Mapping[str, Any]
+    resources: Mapping[str, float]
     overrides: Mapping[str, Any]
     data_root: Path | None
     folder: Path
@@ -224,6 +229,7 @@ def parse_suite(
         plugins=(all_plugins := _all_plugins(plugins, suite.get("plugins", []), source, fail)),
         versions=tuple(file_version(p) for p in all_plugins),
         train=_train_fields(suite.get("train", {}), "train", fail),
+        resources=_resources(suite.get("resources", {}), "resources", fail),
         overrides=_train_fields(overrides or {}, "", _failer("command line"), _flag),
         data_root=None if data_root is None else Path(data_root),
         folder=source.parent if source else Path(),
@@ -277,16 +283,29 @@ def _task_runs(
                 _check_level(method, train.level or method.level, m_key, fail)
                 root = None if data_root is None else str(data_root)
                 seeds = shared.seeds[:1] if task.deterministic and method.deterministic else shared.seeds
+                resources = {**shared.resources, **entry["resources"], **method_entry["resources"]}
                 runs += [
-                    RunSpec(shared.name, task_spec, method_spec, s, train, *shared.where(root))
+                    RunSpec(shared.name, task_spec, method_spec, s, train, *shared.where(root), resources)
                     for s in seeds
                 ]
     return runs
 
 
 def _with_train(key: str, entry: dict[str, Any], fail: Fail) -> tuple[str, dict[str, Any]]:
-    """The entry with its ``train`` mapping checked where it is written and coerced."""
-    return key, {**entry, "train": _train_fields(entry.get("train", {}), f"{key}.train", fail)}
+    """The entry with its ``train`` and ``resources`` mappings checked where they are written."""
+    train = _train_fields(entry.get("train", {}), f"{key}.train", fail)
+    return key, {**entry, "train": train, "resources": _resources(entry.get("resources", {}), key, fail)}
+
+
+def _resources(raw: Any, key: str, fail: Fail) -> dict[str, float]:
+    """A ``resources`` mapping (``key`` is where it is written): known keys, numbers >= 0."""
+    key = key if key == "resources" else f"{key}.resources"
+    values = _mapping(raw, key, fail)
+    _check_keys(values, RESOURCE_KEYS, key, fail)
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+            fail(f"{key}.{name}", f"expected a number >= 0, got {value!r}")
+    return {name: float(value) for name, value in values.items()}
 
 
 def _data_root(shared: _Shared, key: str, entry: Mapping[str, Any]) -> Path | None:

@@ -120,10 +120,11 @@ class PluginSpec:
 class RunSpec:
     """One run: (task, method, seed, training settings) inside a suite.
 
-    ``plugins`` (files to import before building the run) and ``data_root`` (where a real-data task
-    reads its dataset) say where things are, not what is computed: they are not part of the run's
-    identity (:meth:`config_hash`); ``plugin_versions``, the plugins' code versions (a hash of each
-    file's contents), are.
+    ``plugins`` (files to import before building the run), ``data_root`` (where a real-data task
+    reads its dataset) and ``resources`` (what an executor reserves for the run: ``num_cpus``,
+    ``num_gpus``) say where and how, not what is computed: they are not part of the run's identity
+    (:meth:`config_hash`); ``plugin_versions``, the plugins' code versions (a hash of each file's
+    contents), are.
     """
 
     suite: str
@@ -134,6 +135,7 @@ class RunSpec:
     plugins: tuple[str, ...] = ()
     data_root: str | None = None
     plugin_versions: tuple[str, ...] = ()
+    resources: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,7 +149,7 @@ class RunSpec:
         return cls(
             data["suite"], PluginSpec.from_dict(data["task"]), PluginSpec.from_dict(data["method"]),
             int(data["seed"]), train, tuple(data.get("plugins", ())), data.get("data_root"),
-            tuple(data.get("plugin_versions", ())),
+            tuple(data.get("plugin_versions", ())), dict(data.get("resources", {})),
         )
 
     def config_hash(self) -> str:
@@ -158,7 +160,7 @@ class RunSpec:
         later (with a default that keeps today's behaviour) leaves every stored run's hash as it was.
         """
         payload = self.to_dict()
-        for key in ("plugins", "data_root"):
+        for key in ("plugins", "data_root", "resources"):
             payload.pop(key)
         if not payload["plugin_versions"]:
             payload.pop("plugin_versions")

@@ -1,17 +1,28 @@
 """The results store: one SQLite file with every run, its metric rows and its timings; pandas out.
 
-Several worker processes may write to the same store: the file is in WAL mode, each write is one
-``BEGIN IMMEDIATE`` transaction, and a writer waits up to ``timeout`` seconds for the lock. (WAL needs
-a local file system; do not put the store on a network share.)
+Several processes may write to the same store: the file is in WAL mode (https://sqlite.org/wal.html),
+each write is one ``BEGIN IMMEDIATE`` transaction, and a writer waits up to ``timeout`` seconds for the
+lock (the busy timeout). A transaction is all or nothing, so a process killed at any moment leaves
+every committed run and no partial one. (WAL needs a local file system; do not put the store on a
+network share.)
+
+Two sweeps on one store never train one configuration twice: before training, a sweep *claims* its
+runs (table ``claims``: config hash, owner host and pid, heartbeat time), skips runs another live
+sweep holds, and keeps its claims fresh; saving a run drops its claim. A claim expires when its owner
+is gone (a pid that no longer exists on this host) or its heartbeat is older than the expiry time.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import socket
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -25,9 +36,10 @@ from benchmark.specs import RunSpec, TaskInfo
 if TYPE_CHECKING:
     from benchmark.trainer import RunResult
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """1: the first; 2: ``runs.info`` (the task's metric declarations, :class:`benchmark.specs.TaskInfo`)
-and config hashes that leave out the device (a version-1 store is migrated when opened)."""
+and config hashes that leave out the device; 3: the ``claims`` table. An older store is migrated when
+opened; the version is kept in the file (``PRAGMA user_version``)."""
 FINISHED = ("ok", "diverged")
 RUN_LABELS = ("suite", "task", "task_label", "method_label", "seed", "status")
 
@@ -53,6 +65,9 @@ CREATE TABLE IF NOT EXISTS metrics (
     run_id INTEGER NOT NULL, step INTEGER NOT NULL, split TEXT NOT NULL, name TEXT NOT NULL, value REAL
 );
 CREATE TABLE IF NOT EXISTS timings (run_id INTEGER NOT NULL, name TEXT NOT NULL, value REAL);
+CREATE TABLE IF NOT EXISTS claims (
+    config_hash TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, heartbeat REAL NOT NULL
+);
 CREATE UNIQUE INDEX IF NOT EXISTS runs_config_hash ON runs (config_hash);
 CREATE INDEX IF NOT EXISTS runs_suite ON runs (suite);
 CREATE INDEX IF NOT EXISTS metrics_run_id ON metrics (run_id);
@@ -63,6 +78,31 @@ CREATE INDEX IF NOT EXISTS timings_run_id ON timings (run_id);
 class StoreError(UserError):
     """The path is not a results store (missing, another file, another SQLite database, a newer schema,
     corrupted pages)."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The process that claims runs: its host name and pid."""
+
+    host: str
+    pid: int
+
+    @classmethod
+    def this_process(cls) -> Owner:
+        return cls(socket.gethostname(), os.getpid())
+
+    def gone(self) -> bool:
+        """Whether the owner is known to have exited: a pid that no longer exists on this host
+        (another host's process cannot be checked from here: its heartbeat tells)."""
+        if self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # exists, owned by another user
+            return False
+        return False
 
 
 @cache
@@ -175,7 +215,7 @@ class ResultsStore:
                     "update Gradient Surgery Bench, or use another --results file"
                 )
             if version == 1:
-                _migrate_from_1(conn)
+                _migrate_from_1(conn)  # version 2 -> 3 only adds a table: the schema below creates it
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -201,6 +241,7 @@ class ResultsStore:
         columns, names = ", ".join(record), ", ".join(f":{c}" for c in record)
         with self._transaction() as conn:
             self._delete(conn, record["config_hash"])
+            conn.execute("DELETE FROM claims WHERE config_hash = ?", (record["config_hash"],))
             cursor = conn.execute(f"INSERT INTO runs ({columns}) VALUES ({names})", record)
             run_id = int(cursor.lastrowid)
             conn.executemany(
@@ -221,10 +262,52 @@ class ResultsStore:
 
     def finished_hashes(self) -> set[str]:
         """Config hashes of runs that need no re-run: ``ok`` and ``diverged`` (``failed`` is retried)."""
+        with self._connect() as conn:
+            return self._finished(conn)
+
+    @staticmethod
+    def _finished(conn: sqlite3.Connection) -> set[str]:
         marks = ", ".join("?" * len(FINISHED))
         query = f"SELECT config_hash FROM runs WHERE status IN ({marks})"
+        return {r[0] for r in conn.execute(query, FINISHED)}
+
+    def claim(
+        self, hashes: Sequence[str], owner: Owner, expire_after: float, rerun: bool = False
+    ) -> set[str]:
+        """Claim the runs of ``hashes`` for ``owner`` in one transaction and return those it now holds:
+        not finished (unless ``rerun``) and not held by another owner whose claim is alive. Expired
+        claims (:meth:`Owner.gone`, or a heartbeat older than ``expire_after`` seconds) are dropped."""
+        now = time.time()
+        with self._transaction() as conn:
+            owners = conn.execute("SELECT host, pid, MAX(heartbeat) FROM claims GROUP BY host, pid")
+            for host, pid, heartbeat in owners.fetchall():
+                if Owner(host, pid).gone() or heartbeat < now - expire_after:
+                    conn.execute("DELETE FROM claims WHERE host = ? AND pid = ?", (host, pid))
+            held = dict(conn.execute("SELECT config_hash, host || ':' || pid FROM claims").fetchall())
+            done = set() if rerun else self._finished(conn)
+            mine = f"{owner.host}:{owner.pid}"
+            free = [h for h in hashes if h not in done and held.get(h, mine) == mine]
+            conn.executemany(
+                "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?)",
+                [(h, owner.host, owner.pid, now) for h in free],
+            )
+        return set(free)
+
+    def heartbeat(self, owner: Owner) -> None:
+        """Mark ``owner``'s claims as alive now."""
+        with self._transaction() as conn:
+            query = "UPDATE claims SET heartbeat = ? WHERE host = ? AND pid = ?"
+            conn.execute(query, (time.time(), owner.host, owner.pid))
+
+    def release(self, owner: Owner) -> None:
+        """Drop every claim ``owner`` still holds (runs it did not finish)."""
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM claims WHERE host = ? AND pid = ?", (owner.host, owner.pid))
+
+    def claims(self) -> pd.DataFrame:
+        """Current claims: ``config_hash, host, pid, heartbeat``."""
         with self._connect() as conn:
-            return {r[0] for r in conn.execute(query, FINISHED)}
+            return pd.read_sql_query("SELECT * FROM claims ORDER BY config_hash", conn)
 
     def suites(self) -> list[str]:
         with self._connect() as conn:

@@ -1,10 +1,14 @@
 """Run a suite: skip what the store already holds, hand the rest to an executor.
 
-An executor (:data:`EXECUTORS`: ``serial``, ``processes``) takes the pending runs and yields their
-results as they finish. Each result is saved at once, in one transaction, so an interrupted sweep
-resumes where it stopped. A failing run is stored as ``failed`` and the sweep goes on; a worker process
-that dies is recorded as a failure of the run it held. Runs carry their plugin files
+An executor (:data:`EXECUTORS`: ``serial``, ``processes``, ``ray``) takes the pending runs and yields
+their results as they finish. Each result is saved at once, in one transaction, so an interrupted
+sweep resumes where it stopped. A failing run is stored as ``failed`` and the sweep goes on; a worker
+process that dies is recorded as a failure of the run it held. Runs carry their plugin files
 (``RunSpec.plugins``), which every worker loads before building the run.
+
+Before training, the sweep claims its pending runs in the store (:meth:`ResultsStore.claim`) and
+keeps the claims alive from a heartbeat thread, so that two sweeps on one store never train one
+configuration twice; the runs another live sweep holds are skipped (run the command again later).
 """
 
 from __future__ import annotations
@@ -12,24 +16,34 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from benchmark import trainer
+from benchmark import ray_executor, trainer
 from benchmark.config import Suite
 from benchmark.errors import UserError
 from benchmark.registry import Registry
 from benchmark.specs import RunSpec
-from benchmark.store import ResultsStore
+from benchmark.store import Owner, ResultsStore
 from benchmark.trainer import RunResult
 
 log = logging.getLogger(__name__)
+
+CLAIM_EXPIRY = 300.0
+"""Seconds after its last heartbeat when a claim of a sweep on another host expires."""
+HEARTBEAT = 30.0
+"""Seconds between a sweep's heartbeats on its claims."""
+PARENT_POLL = 0.5
+"""Seconds between a worker process's checks that its driver is still alive."""
 
 
 class Executor(ABC):
@@ -65,20 +79,46 @@ def run_suite(
     workers: int | None = None,
     rerun: bool = False,
     progress: bool = True,
+    options: Mapping[str, Any] | None = None,
 ) -> Counter[str]:
-    """Run every pending run of ``suite`` with the named executor and save each result; returns the
-    count of each status."""
-    runner = EXECUTORS.create(executor, workers, progress)
+    """Run every pending run of ``suite`` with the named executor (built with ``options``, e.g. Ray's
+    ``address``) and save each result; returns the count of each status."""
+    runner = EXECUTORS.create(executor, workers, progress, **(options or {}))
     todo = pending_runs(suite, store, rerun)
     log.info("suite %s: %d runs, %d to run", suite.name, len(suite.runs), len(todo))
     statuses: Counter[str] = Counter()
-    results = runner.run(todo)
-    for result in tqdm(results, total=len(todo), desc=suite.name, disable=not progress or not todo):
-        store.save(result)
-        statuses[result.status] += 1
-        if result.status != "ok":
-            log.warning("%s: %s", result.spec.title, result.status)
+    with claimed(store, todo, rerun) as mine:
+        if len(mine) < len(todo):
+            log.warning("%d runs are held by another sweep on %s: skipped", len(todo) - len(mine), store.path)
+        results = runner.run(mine)
+        for result in tqdm(results, total=len(mine), desc=suite.name, disable=not progress or not mine):
+            store.save(result)
+            statuses[result.status] += 1
+            if result.status != "ok":
+                log.warning("%s: %s", result.spec.title, result.status)
     return statuses
+
+
+@contextmanager
+def claimed(store: ResultsStore, specs: Sequence[RunSpec], rerun: bool) -> Iterator[list[RunSpec]]:
+    """The specs this process could claim, claims kept alive by a heartbeat thread and released at
+    the end (a run saved meanwhile has dropped its own)."""
+    owner = Owner.this_process()
+    mine = store.claim([spec.config_hash() for spec in specs], owner, CLAIM_EXPIRY, rerun)
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(store, owner, stop), daemon=True)
+    beat.start()
+    try:
+        yield [spec for spec in specs if spec.config_hash() in mine]
+    finally:
+        stop.set()
+        beat.join()
+        store.release(owner)
+
+
+def _heartbeat(store: ResultsStore, owner: Owner, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT):
+        store.heartbeat(owner)
 
 
 def default_workers() -> int:
@@ -122,7 +162,7 @@ class ProcessExecutor(Executor):
     def run(self, specs: Sequence[RunSpec]) -> Iterator[RunResult]:
         check_devices(specs)
         context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(self.workers, context, initializer=_one_thread)
+        pool = ProcessPoolExecutor(self.workers, context, initializer=_start_worker, initargs=(os.getpid(),))
         try:
             futures: dict[Future[RunResult], RunSpec] = {pool.submit(trainer.run, s): s for s in specs}
             for future in as_completed(futures):
@@ -135,6 +175,38 @@ class ProcessExecutor(Executor):
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _one_thread() -> None:
-    """Worker start-up: one torch thread per process, so that workers do not oversubscribe the CPUs."""
+def _start_worker(driver: int) -> None:
+    """Worker start-up: one torch thread per process, so that workers do not oversubscribe the CPUs,
+    and a thread that ends the worker soon after its driver dies (even by ``kill -9``)."""
     torch.set_num_threads(1)
+    threading.Thread(target=_exit_with_parent, args=(driver,), daemon=True).start()
+
+
+def _exit_with_parent(driver: int) -> None:
+    """Exit when this process's parent is no longer ``driver`` (an orphan is adopted by another)."""
+    while os.getppid() == driver:
+        time.sleep(PARENT_POLL)
+    os._exit(1)
+
+
+@EXECUTORS.register("ray")
+class RayExecutor(Executor):
+    """Runs as Ray tasks (:mod:`benchmark.ray_executor`) on the cluster at ``address`` (``auto``,
+    ``ray://host:port``), or on a local Ray of ``workers`` CPUs; a task whose worker dies is retried
+    up to ``max_retries`` times."""
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        progress: bool = True,
+        address: str | None = None,
+        max_retries: int = 2,
+    ) -> None:
+        super().__init__(workers, progress)
+        self.address = address
+        self.max_retries = max_retries
+
+    def run(self, specs: Sequence[RunSpec]) -> Iterator[RunResult]:
+        if not specs:
+            return iter(())
+        return ray_executor.run_on_ray(specs, self.workers, self.address, self.max_retries)

@@ -9,12 +9,13 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from benchmark.specs import PluginSpec, RunSpec, TrainSpec
-from benchmark.store import ResultsStore, StoreError
+from benchmark.store import SCHEMA_VERSION, Owner, ResultsStore, StoreError
 from benchmark.trainer import MetricRow, RunResult
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,6 +125,7 @@ def test_finished_hashes_are_ok_and_diverged_runs(tmp_path: Path) -> None:
 
 WRITER = """
 import time
+from contextlib import closing
 from pathlib import Path
 
 from benchmark.store import ResultsStore
@@ -207,3 +209,51 @@ def test_a_store_with_corrupted_pages_is_refused(tmp_path: Path) -> None:
     corrupt_pages(path)
     with pytest.raises(StoreError, match=r"r\.db: .*corrupt"):
         ResultsStore(path).runs()
+
+
+def test_the_store_records_its_schema_version_and_a_version_2_store_gains_claims(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    ResultsStore(path).save(make_result(seed=3))
+    with closing(sqlite3.connect(path)) as conn:  # as version 2 left it: no claims table
+        conn.execute("DROP TABLE claims")
+        conn.execute("PRAGMA user_version = 2")
+        conn.commit()
+    store = ResultsStore(path)
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert list(store.runs().seed) == [3] and store.claims().empty
+    assert store.claim(["a"], Owner("h", 1), expire_after=60) == {"a"}
+
+
+def test_a_claimed_run_is_not_claimed_by_another_owner_until_it_expires(tmp_path: Path) -> None:
+    store, me = ResultsStore(tmp_path / "r.db"), Owner.this_process()
+    other = Owner("another-host", 1)  # its liveness cannot be checked here: only the heartbeat tells
+    assert store.claim(["a", "b"], other, expire_after=60) == {"a", "b"}
+    assert store.claim(["a", "b", "c"], me, expire_after=60) == {"c"}
+    assert store.claim(["c"], me, expire_after=60) == {"c"}  # claiming one's own claim again is fine
+    time.sleep(0.02)
+    store.heartbeat(me)
+    assert store.claim(["a", "b"], me, expire_after=0.01) == {"a", "b"}  # other's heartbeat is too old
+    assert set(store.claims().host) == {me.host} and set(store.claims().pid) == {me.pid}
+    store.release(me)
+    assert store.claims().empty
+
+
+def test_a_claim_of_a_dead_process_on_this_host_expires_at_once(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    store = ResultsStore(tmp_path / "r.db")
+    store.claim(["a"], Owner(Owner.this_process().host, dead.pid), expire_after=3600)
+    assert store.claim(["a"], Owner.this_process(), expire_after=3600) == {"a"}
+
+
+def test_saving_a_run_drops_its_claim_and_a_finished_run_is_not_claimed(tmp_path: Path) -> None:
+    store, me, result = ResultsStore(tmp_path / "r.db"), Owner.this_process(), make_result()
+    failed = make_result(seed=1, status="failed")
+    hashes = [result.spec.config_hash(), failed.spec.config_hash()]
+    assert store.claim(hashes, me, 60) == set(hashes)
+    store.save(result)
+    store.save(failed)
+    assert store.claims().empty
+    assert store.claim(hashes, me, 60) == {hashes[1]}  # a failed run is run again
+    assert store.claim(hashes, me, 60, rerun=True) == set(hashes)

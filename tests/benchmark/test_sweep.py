@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 import torch
 
 import run_all
-from benchmark.config import parse_suite
+from benchmark.config import load_suite, parse_suite
 from benchmark.errors import UserError
 from benchmark.registry import UnknownNameError
 from benchmark.store import ResultsStore
@@ -65,7 +72,7 @@ def test_process_executor(tmp_path: Path) -> None:
 
 
 def test_executors_are_a_registry_and_the_cli_offers_its_names() -> None:
-    assert EXECUTORS.names() == ["processes", "serial"]
+    assert EXECUTORS.names() == ["processes", "ray", "serial"]
     assert all(issubclass(EXECUTORS.get(name), Executor) for name in EXECUTORS.names())
     assert run_all.parse_args(["run", "--executor", "serial"]).executor == "serial"
     with pytest.raises(UnknownNameError, match=r"unknown executor 'seriall' \(did you mean 'serial'\?\)"):
@@ -109,3 +116,94 @@ def test_a_device_index_beyond_the_machine_fails(monkeypatch: pytest.MonkeyPatch
         check_devices(parse_suite(SUITE, overrides={"device": "cuda:2"}).runs)
     with pytest.raises(UserError, match="'mps': MPS is not available"):
         check_devices(parse_suite(SUITE, overrides={"device": "mps"}).runs)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_suite(tmp_path: Path, name: str, seeds: int, steps: int) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        f"name: {name}\nseeds: {seeds}\nplugins: [{linear_task.__file__}]\n"
+        f"train: {{steps: {steps}, eval_every: {steps}, jacobian: loop}}\ntasks: [_linear]\nmethods: [ew]\n"
+    )
+    return path
+
+
+def driver(suite: Path, store: Path, log: Path, *options: str) -> subprocess.Popen[bytes]:
+    """``run_all.py run`` in a subprocess, its output in ``log``."""
+    command = [sys.executable, "run_all.py", "run", "--suite", str(suite), "--results", str(store)]
+    with log.open("wb") as out:
+        return subprocess.Popen([*command, "--no-report", *options], cwd=ROOT, stdout=out, stderr=out)
+
+
+def stored(store: Path) -> int:
+    if not store.exists():
+        return 0
+    with closing(sqlite3.connect(store, timeout=30)) as conn:
+        try:
+            return conn.execute("SELECT COUNT(*) FROM runs WHERE status = 'ok'").fetchone()[0]
+        except sqlite3.OperationalError:  # the schema is not there yet
+            return 0
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting to be reaped is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from Linux /proc")
+def test_kill_9_of_the_driver_loses_no_finished_run_and_leaves_no_worker(tmp_path: Path) -> None:
+    suite, store = write_suite(tmp_path, "killed", seeds=6, steps=1500), tmp_path / "store.sqlite"
+    log = tmp_path / "driver.log"
+    proc = driver(suite, store, log, "--executor", "processes", "--workers", "2")
+    while stored(store) < 1 and proc.poll() is None:
+        time.sleep(0.05)
+    workers = children(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = stored(store)
+    assert 1 <= finished < 6, log.read_text()
+    deadline = time.monotonic() + 20
+    while any(map(running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert workers and not any(map(running, workers))
+    with closing(sqlite3.connect(store)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    results = ResultsStore(store)
+    before = len(results.runs("killed"))
+    assert before >= finished  # a run may have been saved after the count
+    assert run_suite(load_suite(suite), results, progress=False) == {"ok": 6 - before}  # claims expired
+    assert len(results.runs("killed")) == 6
+
+
+@pytest.mark.slow
+def test_two_sweeps_on_one_store_train_every_run_once(tmp_path: Path) -> None:
+    suite, store = write_suite(tmp_path, "twice", seeds=6, steps=300), tmp_path / "store.sqlite"
+    ResultsStore(store)
+    outputs = [tmp_path / f"sweep{i}.log" for i in range(2)]
+    sweeps = [driver(suite, store, out, "--executor", "serial") for out in outputs]
+    codes = [sweep.wait(timeout=300) for sweep in sweeps]
+    logs = [out.read_text() for out in outputs]
+    assert codes == [0, 0], logs
+    trained = [int(m) for log in logs for m in re.findall(r"suite twice: \{'ok': (\d+)\}", log)]
+    assert sum(trained) == 6, logs
+    runs = ResultsStore(store).runs("twice")
+    assert sorted(runs.seed) == list(range(6)) and ResultsStore(store).claims().empty
