@@ -146,8 +146,7 @@ class Trainer:
         ctx = StepContext(step=step, generator=self.method_generator, level=self.level, epoch=epoch)
         losses = backward_step(self.model, self.task, batch, self.method, ctx, strategy, extra)
         if self.grad_scale is not None and not self.grad_scale.update(self.model.shared_parameters()):
-            self.scheduler.step()  # fp16 overflow: skip the step, as GradScaler does
-            return losses
+            return losses  # fp16 overflow: the step is skipped, as GradScaler does
         if self.spec.train.clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.train.clip_grad_norm)
         self.optimizer.step()
