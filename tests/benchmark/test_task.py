@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-import tasks.digits  # noqa: F401  (registers the tasks below)
+import tasks.digits
 import tasks.multi_digits  # noqa: F401
 from benchmark.task import LinearHead, MultiTaskModel, StackedLinearHeads, get_task
 
