@@ -100,3 +100,27 @@ def test_bf16_results_differ_from_float32_and_are_reproducible() -> None:
         return [r.value for r in run(digits_spec("graddrop", **train)).metrics if r.name == "f1"]
 
     assert f1(amp="bf16") == f1(amp="bf16") != f1()
+
+
+NO_CUDA = not torch.cuda.is_available()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(NO_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+@pytest.mark.parametrize(("method", "level"), [("graddrop", "feature"), ("mgda", "param"), ("ew", None)])
+def test_cuda_mixed_precision_steps_are_close_to_float32(method: str, level: str | None, amp: str) -> None:
+    full = run(digits_spec(method, device="cuda", level=level, optimizer_impl="fused"))
+    mixed = run(digits_spec(method, device="cuda", level=level, optimizer_impl="fused", amp=amp))
+    assert mixed.status == full.status == "ok", mixed.error
+    bce = [[r.value for r in res.metrics if r.name == "bce"] for res in (full, mixed)]
+    assert bce[1] == pytest.approx(bce[0], rel=0.05)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(NO_CUDA, reason="needs a CUDA device")
+def test_cuda_batched_heads_match_separate_heads() -> None:
+    plain = run(digits_spec("graddrop", device="cuda", level="feature"))
+    batched = run(digits_spec("graddrop", device="cuda", level="feature", batched_heads=True))
+    assert batched.status == plain.status == "ok", batched.error
+    assert [r.value for r in batched.metrics] == pytest.approx([r.value for r in plain.metrics], rel=1e-4)
