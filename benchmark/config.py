@@ -68,7 +68,17 @@ from benchmark.errors import UserError
 from benchmark.evaluate import ALL, BASELINE, Claim, Published, ReportSettings, tune_parts
 from benchmark.method import Method, WeightedMethod, build_method
 from benchmark.registry import METHODS, TASKS, PluginError, Registry, UnknownNameError, load_plugin
-from benchmark.specs import JACOBIAN_STRATEGIES, OPTIMIZERS, SCHEDULES, PluginSpec, RunSpec, TrainSpec
+from benchmark.specs import (
+    AMP_MODES,
+    FUSED_DEVICE_TYPES,
+    JACOBIAN_STRATEGIES,
+    OPTIMIZER_IMPLS,
+    OPTIMIZERS,
+    SCHEDULES,
+    PluginSpec,
+    RunSpec,
+    TrainSpec,
+)
 from benchmark.task import Task, get_task
 
 SUITE_KEYS = (
@@ -93,6 +103,8 @@ TRAIN_CHOICES = {
     "schedule": SCHEDULES,
     "jacobian": JACOBIAN_STRATEGIES,
     "level": ("param", "feature", None),
+    "optimizer_impl": OPTIMIZER_IMPLS,
+    "amp": AMP_MODES,
 }
 # Lower bound of each numeric setting and whether the bound itself is allowed; numbers must be finite.
 TRAIN_BOUNDS = {
@@ -281,6 +293,7 @@ def _task_runs(
                 merged.update(tuned_train)
                 train = TrainSpec(**{**merged, **shared.overrides})
                 _check_level(method, train.level or method.level, m_key, fail)
+                _check_execution(train, task, key, fail)
                 root = None if data_root is None else str(data_root)
                 seeds = shared.seeds[:1] if task.deterministic and method.deterministic else shared.seeds
                 resources = {**shared.resources, **entry["resources"], **method_entry["resources"]}
@@ -663,6 +676,15 @@ def _check_level(method: Method, level: str, key: str, fail: Fail) -> None:
         method.check_level(level)
     except ValueError as err:
         fail(f"{key}.train.level", f"{level!r}: {err}")
+
+
+def _check_execution(train: TrainSpec, task: Task, key: str, fail: Fail) -> None:
+    """Settings valid alone but not together with the task or device: fail here, not at the first step."""
+    if train.batched_heads and not task.batchable_heads:
+        fail(f"{key}.train.batched_heads", f"true, but task {task.name!r} has no batchable heads")
+    device_type = torch.device(train.device).type
+    if train.optimizer_impl == "fused" and device_type not in FUSED_DEVICE_TYPES:
+        fail(f"{key}.train.optimizer_impl", f"'fused' has no kernels on device {train.device!r}")
 
 
 def _check_unique_labels(entries: list[tuple[str, dict[str, Any]]], fail: Fail) -> None:

@@ -21,6 +21,8 @@ their optimizer.
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -32,6 +34,20 @@ from benchmark.specs import PluginSpec
 
 Level = Literal["param", "feature"]
 LEVELS: tuple[str, ...] = ("param", "feature")
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def in_float32(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``fn(self, values, ...)`` run outside any ``torch.autocast`` region, with float16/bfloat16
+    ``values`` cast to float32: a method's arithmetic never runs in reduced precision (mixed precision,
+    :mod:`benchmark.amp`). Applied to every ``combine`` and ``weights`` by :class:`Method`."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Method, values: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        with torch.autocast(values.device.type, enabled=False):
+            return fn(self, values.float() if values.dtype in HALF_DTYPES else values, *args, **kwargs)
+
+    return wrapper
 
 
 @dataclass
@@ -102,6 +118,12 @@ class Method(nn.Module):
     permutation_invariant: ClassVar[bool] = False
     linear_under_scaling: ClassVar[bool] = False
     non_conflicting: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("combine", "weights"):
+            if name in cls.__dict__:
+                setattr(cls, name, in_float32(cls.__dict__[name]))
 
     def __init__(self, num_tasks: int) -> None:
         super().__init__()

@@ -17,6 +17,11 @@ STATUSES = ("ok", "diverged", "failed")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
 JACOBIAN_STRATEGIES = ("auto", "loop", "batched")
+OPTIMIZER_IMPLS = ("default", "foreach", "fused")
+AMP_MODES = (None, "bf16", "fp16")
+FUSED_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu", "hpu")
+"""Device types with fused SGD/Adam/AdamW kernels in the pinned torch
+(``torch.utils._foreach_utils._get_fused_kernels_supported_devices``)."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,14 @@ device): such fields stay out of :meth:`RunSpec.config_hash`."""
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """How one run trains. Tasks supply their own defaults (``Task.train_defaults``)."""
+    """How one run trains. Tasks supply their own defaults (``Task.train_defaults``).
+
+    Settings that change results in the last bits and so stay off by default (the shipped suites'
+    results are recorded without them): ``batched_heads`` (a task's ``LinearHead`` s as one module,
+    equal to separate heads to float tolerance), ``optimizer_impl`` (torch's ``foreach`` or ``fused``
+    kernels instead of its default, another order of floating-point operations) and ``amp`` (the
+    trunk's forward and backward in bfloat16 or float16, :mod:`benchmark.amp`).
+    """
 
     steps: int = 1000
     batch_size: int | None = None
@@ -90,6 +102,9 @@ class TrainSpec:
     eval_every: int = 100
     level: str | None = None
     jacobian: str = "auto"
+    batched_heads: bool = False
+    optimizer_impl: str = "default"
+    amp: str | None = None
     device: str = field(default="cpu", metadata=NOT_IDENTITY)
 
 

@@ -9,8 +9,10 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmark.amp import AMP_DTYPES, AutocastTrunk, GradScale
 from benchmark.registry import TASKS, hyperparameters
 from benchmark.specs import Metric, TaskInfo
 
@@ -94,30 +96,112 @@ def owned_mean(values: Tensor, task_rows: Tensor | None) -> Tensor:
     return total / rows.sum(0).clamp(min=1).to(values.dtype)
 
 
+class LinearHead(nn.Linear):
+    """A linear head ``Linear(in_features, out_features)``; with ``squeeze`` (``out_features == 1``) the
+    last dimension is dropped: one logit per row. A task whose heads are all ``LinearHead`` s of one
+    shape declares ``batchable_heads``: they can then be computed as one :class:`StackedLinearHeads`."""
+
+    def __init__(self, in_features: int, out_features: int, squeeze: bool = False) -> None:
+        if squeeze and out_features != 1:
+            raise ValueError(f"LinearHead: squeeze needs out_features == 1, got {out_features}")
+        super().__init__(in_features, out_features)
+        self.squeeze = squeeze
+
+    def forward(self, z: Tensor) -> Tensor:
+        out = super().forward(z)
+        return out.squeeze(-1) if self.squeeze else out
+
+
+class StackedLinearHeads(nn.Module):
+    """T linear heads ``D -> k`` as one module: weight ``[T, k, D]``, bias ``[T, k]``.
+
+    On one input z (:meth:`forward`) the heads are one ``F.linear`` with the ``[T k, D]`` weight; on T
+    inputs, one per head (:meth:`each`, the feature level's aliases of z), one ``torch.baddbmm``, so
+    head i's output depends on ``inputs[i]`` alone. The outputs equal the separate heads' to float
+    tolerance, not bit for bit (other summation orders), hence ``train: {batched_heads: true}``.
+    """
+
+    def __init__(self, heads: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if not heads:
+            raise ValueError("heads cannot be stacked: there are none")
+        first = heads[0]
+        for i, head in enumerate(heads):
+            if not isinstance(head, LinearHead) or (head.weight.shape, head.squeeze) != (
+                first.weight.shape, first.squeeze
+            ):
+                raise ValueError(
+                    f"heads cannot be stacked: head {i} is {head!r}, expected a LinearHead like {first!r}"
+                )
+        self.squeeze = first.squeeze
+        self.weight = nn.Parameter(torch.stack([h.weight.detach() for h in heads]))
+        self.bias = nn.Parameter(torch.stack([h.bias.detach() for h in heads]))
+
+    def __len__(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, z: Tensor) -> list[Tensor]:
+        """Every head on ``z`` ``[..., D]`` -> T outputs ``[..., k]`` (``[...]`` with ``squeeze``)."""
+        out = F.linear(z, self.weight.flatten(0, 1), self.bias.flatten())
+        return self._split(out.unflatten(-1, self.bias.shape).movedim(-2, 0))
+
+    def each(self, inputs: Sequence[Tensor]) -> list[Tensor]:
+        """Head i on ``inputs[i]`` ``[..., D]``, for the T inputs at once."""
+        stacked = torch.stack(list(inputs))  # [T, ..., D]
+        flat = stacked.flatten(1, -2)  # [T, N, D]
+        out = torch.baddbmm(self.bias.unsqueeze(1), flat, self.weight.transpose(1, 2))  # [T, N, k]
+        return self._split(out.unflatten(1, stacked.shape[1:-1]))
+
+    def _split(self, out: Tensor) -> list[Tensor]:
+        return list((out.squeeze(-1) if self.squeeze else out).unbind(0))
+
+
 class MultiTaskModel(nn.Module):
     """``trunk(inputs) -> z``; ``heads[i](z) -> output_i``. Only the trunk's parameters are shared.
 
     Loss i must depend on output i alone: the engine then gets every task's gradient w.r.t. z from
-    one backward, each head reading its own alias of z (:meth:`forward_each`).
+    one backward, each head reading its own alias of z (:meth:`forward_each`). ``batched``: the heads
+    (``LinearHead`` s of one shape) are computed as one :class:`StackedLinearHeads`, initialised with
+    their weights.
     """
 
-    def __init__(self, trunk: nn.Module, heads: Sequence[nn.Module]) -> None:
+    def __init__(self, trunk: nn.Module, heads: Sequence[nn.Module], batched: bool = False) -> None:
         super().__init__()
         self.trunk = trunk
-        self.heads = nn.ModuleList(heads)
+        self.heads: nn.Module = StackedLinearHeads(heads) if batched else nn.ModuleList(heads)
 
     def forward(self, inputs: Tensor | None) -> list[Tensor]:
         return self.forward_heads(self.trunk(inputs))
 
     def forward_heads(self, z: Tensor) -> list[Tensor]:
+        if isinstance(self.heads, StackedLinearHeads):
+            return self.heads(z)
         return [head(z) for head in self.heads]
 
     def forward_each(self, inputs: Sequence[Tensor]) -> list[Tensor]:
         """Head i applied to ``inputs[i]``."""
+        if isinstance(self.heads, StackedLinearHeads):
+            return self.heads.each(inputs)
         return [head(z) for head, z in zip(self.heads, inputs, strict=True)]
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.trunk.parameters() if p.requires_grad]
+
+    def batch_heads(self) -> None:
+        """Replace the separate heads by one :class:`StackedLinearHeads` with the same parameters."""
+        if not isinstance(self.heads, StackedLinearHeads):
+            self.heads = StackedLinearHeads(list(self.heads))
+
+    def autocast(self, amp: str) -> GradScale | None:
+        """Run the trunk under ``torch.autocast`` with ``amp`` (``"bf16"`` or ``"fp16"``,
+        :mod:`benchmark.amp`); returns the gradient scale the trainer must update (fp16), else ``None``.
+        Call after moving the model to its device."""
+        if amp not in AMP_DTYPES:
+            raise ValueError(f"amp={amp!r}: expected one of {', '.join(AMP_DTYPES)}")
+        device_type = next(self.parameters()).device.type
+        scale = GradScale() if amp == "fp16" else None
+        self.trunk = AutocastTrunk(self.trunk, device_type, AMP_DTYPES[amp], scale)
+        return scale
 
 
 class Task:
@@ -138,6 +222,8 @@ class Task:
         needs_data: the task reads a dataset from disk. Its constructor then takes ``data_root`` (the
             folder given by ``--data-root``, a suite's ``data_root:`` or ``$GSB_DATA``; see
             :mod:`benchmark.data`), which is not a hyperparameter: it does not enter a run's identity.
+        batchable_heads: every model's heads are :class:`LinearHead` s of one shape, so that
+            ``train: {batched_heads: true}`` may compute them as one module (:class:`StackedLinearHeads`).
     """
 
     name: ClassVar[str] = ""
@@ -147,6 +233,7 @@ class Task:
     selection_metric: ClassVar[str | None] = None
     deterministic: ClassVar[bool] = False
     needs_data: ClassVar[bool] = False
+    batchable_heads: ClassVar[bool] = False
 
     def __init__(self, task_names: Sequence[str]) -> None:
         if not task_names:

@@ -72,6 +72,9 @@ class Trainer:
         seed_everything(spec.seed)
         self.task = get_task(spec.task.name, spec.data_root, **spec.task.params)
         self.model = self.task.build_model().to(self.device)
+        if cfg.batched_heads:
+            self.model.batch_heads()
+        self.grad_scale = None if cfg.amp is None else self.model.autocast(cfg.amp)
         self.method = build_method(spec.method, self.task.num_tasks).to(self.device)
         self.level = cfg.level or self.method.level
         self.steps_per_epoch = self.task.steps_per_epoch(cfg.batch_size)
@@ -142,6 +145,8 @@ class Trainer:
         epoch = step // self.steps_per_epoch
         ctx = StepContext(step=step, generator=self.method_generator, level=self.level, epoch=epoch)
         losses = backward_step(self.model, self.task, batch, self.method, ctx, strategy, extra)
+        if self.grad_scale is not None and not self.grad_scale.update(self.model.shared_parameters()):
+            return losses  # fp16 overflow: the step is skipped, as GradScaler does
         if self.spec.train.clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.train.clip_grad_norm)
         self.optimizer.step()
@@ -203,10 +208,13 @@ def seed_everything(seed: int) -> None:
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: TrainSpec, lr: float) -> torch.optim.Optimizer:
+    """The configured optimiser; ``optimizer_impl`` picks torch's for-loop/foreach default, ``foreach``
+    or ``fused`` kernels (the same update up to the order of floating-point operations)."""
+    impl = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[cfg.optimizer_impl]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **impl)
     optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
-    return optimizer(params, lr=lr, weight_decay=cfg.weight_decay)
+    return optimizer(params, lr=lr, weight_decay=cfg.weight_decay, **impl)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainSpec) -> torch.optim.lr_scheduler.LambdaLR:

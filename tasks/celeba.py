@@ -20,12 +20,12 @@ from types import MappingProxyType
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from benchmark.data import DataError, require_root, resolve_data_root
 from benchmark.registry import TASKS, unknown_name_message
-from benchmark.task import Batch, Metric, MultiTaskModel, Task
+from benchmark.task import Batch, LinearHead, Metric, MultiTaskModel, Task
 from tasks import _celeba_lists as lists
 from tasks import _images as images
 from tasks._celeba_models import MODELS
@@ -75,6 +75,7 @@ class CelebA(Task):
     eval_splits = ("val", "test")
     selection_metric = "mean_error"
     needs_data = True
+    batchable_heads = True
 
     def __init__(
         self,
@@ -125,7 +126,7 @@ class CelebA(Task):
 
     def build_model(self) -> MultiTaskModel:
         trunk, features = MODELS[self.model]()
-        heads = [nn.Sequential(nn.Linear(features, 1), nn.Flatten(0)) for _ in self.task_names]
+        heads = [LinearHead(features, 1, squeeze=True) for _ in self.task_names]
         return MultiTaskModel(trunk, heads)
 
     def steps_per_epoch(self, batch_size: int | None) -> int:

@@ -22,7 +22,7 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
 
 from benchmark.registry import TASKS, unknown_name_message
-from benchmark.task import Batch, Metric, MultiTaskModel, Task
+from benchmark.task import Batch, LinearHead, Metric, MultiTaskModel, Task
 
 ATTRIBUTES: Mapping[str, frozenset[int]] = MappingProxyType(
     {
@@ -131,6 +131,7 @@ class Digits(Task):
     )
     eval_splits = ("val", "test")
     selection_metric = "f1"
+    batchable_heads = True
 
     def __init__(
         self, attributes: Sequence[str] | None = None, hidden: int = 128, split_seed: int = 0
@@ -153,7 +154,7 @@ class Digits(Task):
         trunk = nn.Sequential(
             nn.Linear(64, self.hidden), nn.ReLU(), nn.Linear(self.hidden, self.hidden), nn.ReLU()
         )
-        heads = [nn.Sequential(nn.Linear(self.hidden, 1), nn.Flatten(0)) for _ in self.task_names]
+        heads = [LinearHead(self.hidden, 1, squeeze=True) for _ in self.task_names]
         return MultiTaskModel(trunk, heads)
 
     def steps_per_epoch(self, batch_size: int | None) -> int:

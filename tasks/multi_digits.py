@@ -17,10 +17,10 @@ from types import MappingProxyType
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from benchmark.registry import TASKS
-from benchmark.task import Batch, Metric, MultiTaskModel
+from benchmark.task import Batch, LinearHead, Metric, MultiTaskModel
 from tasks._canvas import DIGIT_SIZE, CanvasTask, conv_trunk
 from tasks.digits import check_int
 
@@ -62,6 +62,7 @@ class MultiDigits(CanvasTask):
         {"optimizer": "adam", "lr": 1e-3, "batch_size": 128, "steps": 1000, "eval_every": 100}
     )
     selection_metric = "accuracy"
+    batchable_heads = True
 
     def __init__(
         self,
@@ -84,7 +85,7 @@ class MultiDigits(CanvasTask):
 
     def build_model(self) -> MultiTaskModel:
         trunk = conv_trunk(self.canvas, 2, self.channels, self.hidden)
-        return MultiTaskModel(trunk, [nn.Linear(self.hidden, CLASSES) for _ in self.task_names])
+        return MultiTaskModel(trunk, [LinearHead(self.hidden, CLASSES) for _ in self.task_names])
 
     def losses(self, outputs: list[Tensor], batch: Batch) -> Tensor:
         targets = batch.targets

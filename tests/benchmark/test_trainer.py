@@ -12,7 +12,7 @@ from torch import Tensor
 import tests.benchmark.linear_task
 import tests.benchmark.noisy_task  # noqa: F401  (registers the "_noisy" task)
 from benchmark import gradients
-from benchmark.config import parse_suite
+from benchmark.config import ConfigError, parse_suite
 from benchmark.specs import RunSpec, TrainSpec
 from benchmark.trainer import Trainer, make_scheduler, run
 
@@ -239,3 +239,59 @@ def test_losses_after_the_step_leave_batchnorm_statistics_and_rng_as_they_were()
     assert state.keys() == without_state.keys()
     assert all(torch.equal(state[k], without_state[k]) for k in state)
     assert torch.equal(rng, without_rng)
+
+
+def digits_run(method: str = "graddrop", **train: object) -> RunSpec:
+    raw = {
+        "train": {"steps": 6, "eval_every": 3, "batch_size": 32, "jacobian": "loop", **train},
+        "tasks": [{"name": "digits", "params": {"hidden": 8, "attributes": ["even", "ge5", "prime"]}}],
+        "methods": [method],
+    }
+    return parse_suite(raw).runs[0]
+
+
+SGD = {"optimizer": "sgd", "momentum": 0.9}
+
+
+@pytest.mark.parametrize(
+    ("method", "base", "setting"),
+    [
+        ("graddrop", {}, {"batched_heads": True}),
+        ("mgda", {"level": "param"}, {"batched_heads": True}),
+        ("ew", {}, {"batched_heads": True}),
+        ("ew", {}, {"optimizer_impl": "foreach"}),
+        ("ew", {}, {"optimizer_impl": "fused"}),
+        ("ew", SGD, {"optimizer_impl": "fused"}),
+    ],
+)
+def test_execution_settings_give_the_same_metrics_to_float_tolerance(
+    method: str, base: dict, setting: dict
+) -> None:
+    plain, other = run(digits_run(method, **base)), run(digits_run(method, **base, **setting))
+    assert other.status == plain.status == "ok", other.error
+    assert [r[:3] for r in values(other)] == [r[:3] for r in values(plain)]
+    assert [r[3] for r in values(other)] == pytest.approx([r[3] for r in values(plain)], rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("setting", [{"batched_heads": True}, {"optimizer_impl": "fused"}, {"amp": "bf16"}])
+def test_result_changing_settings_enter_the_run_identity(setting: dict) -> None:
+    assert digits_run(**setting).config_hash() != digits_run().config_hash()
+
+
+def test_default_execution_settings_leave_the_config_hash_as_it_was() -> None:
+    explicit = digits_run(batched_heads=False, optimizer_impl="default", amp=None)
+    assert explicit.config_hash() == digits_run().config_hash()
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ({"batched_heads": True}, r"tasks\[0\].train.batched_heads: true, but task '_linear' has no"),
+        ({"optimizer_impl": "fused", "device": "meta"}, r"'fused' has no kernels on device 'meta'"),
+        ({"optimizer_impl": "fast"}, r"train.optimizer_impl: got 'fast'; expected one of default, foreach"),
+        ({"amp": "fp8"}, r"train.amp: got 'fp8'; expected one of None, bf16, fp16"),
+    ],
+)
+def test_invalid_execution_settings_fail_at_load(train: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        spec("ew", **train)

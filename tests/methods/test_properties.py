@@ -326,3 +326,16 @@ def test_linear_under_scaling(name: str, scale: float) -> None:
 @pytest.mark.parametrize("grads", conflicting_matrices(), ids=lambda g: "x".join(map(str, g.shape)))
 def test_non_conflicting(name: str, grads: Tensor) -> None:
     assert_no_conflict(grads, update_of(name, grads))
+
+
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", NAMES)
+def test_combine_under_bf16_autocast_runs_in_float32(name: str, input_dtype: torch.dtype) -> None:
+    """Mixed precision: a method's arithmetic never drops to bfloat16, even called inside autocast
+    or handed bfloat16 gradients; the update is float32 and equals the float32 one."""
+    grads = sample_grads(T, 7, dtype=torch.float32).to(input_dtype)
+    losses = make_ctx(T, torch.float32).losses
+    with torch.autocast("cpu", torch.bfloat16):
+        update = update_of(name, grads, losses=losses)
+    assert update.dtype == torch.float32 and update.isfinite().all()
+    torch.testing.assert_close(update, update_of(name, grads.float(), losses=losses))

@@ -238,7 +238,7 @@ def test_models_parameter_counts_and_features(root):
     convs = 9 * (3 * 64 + 64 * 128 + 128 * 128 + 128 * 256 + 256 * 256 + 256 * 512 + 512 * 512)
     norms = 2 * (64 + 128 + 128 + 256 + 256 + 512 + 512 + 512 + 512)
     assert sum(p.numel() for p in famo.trunk.parameters()) == convs + 2 * 512 * 512 + norms
-    assert len(famo.heads) == 40 and famo.heads[0][0].in_features == 512
+    assert len(famo.heads) == 40 and famo.heads[0].in_features == 512
     resnet = CelebA(model="resnet18", data_root=root).build_model()
     assert sum(p.numel() for p in resnet.trunk.parameters()) == 11_168_832  # CIFAR ResNet-18 without fc
     assert resnet.trunk(torch.zeros(2, 3, 64, 64)).shape == (2, 2048)
