@@ -21,11 +21,14 @@ JACOBIAN_STRATEGIES = ("auto", "loop", "batched")
 
 @dataclass(frozen=True)
 class Metric:
-    """A reported metric and its direction."""
+    """A reported metric, its direction and, where it has one, its range (``low``/``high``, ``None``:
+    unbounded), to which plotted intervals are clipped."""
 
     name: str
     higher_is_better: bool
     description: str = ""
+    low: float | None = None
+    high: float | None = None
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,10 @@ device): such fields stay out of :meth:`RunSpec.config_hash`."""
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """How one run trains. Tasks supply their own defaults (``Task.train_defaults``)."""
+    """How one run trains. Tasks supply their own defaults (``Task.train_defaults``).
+
+    ``diagnostics_every``: log :mod:`benchmark.diagnostics` every that many steps (0: never).
+    """
 
     steps: int = 1000
     batch_size: int | None = None
@@ -86,6 +92,7 @@ class TrainSpec:
     eval_every: int = 100
     level: str | None = None
     jacobian: str = "auto"
+    diagnostics_every: int = 0
     device: str = field(default="cpu", metadata=NOT_IDENTITY)
 
 
