@@ -108,20 +108,20 @@ def test_report_tables_plots_and_failures(store: ResultsStore, tmp_path: Path) -
     assert page == tmp_path / "report" / "index.html"
     assert "9 runs: 8 ok, 0 diverged, 1 failed." in markdown
     assert "| Method | Runs | acc ↑ | loss ↓ | Δm% vs ew ↓ | Mean rank |" in markdown
-    assert "| ew | 2 | **0.875 ± 0.03536 (2)** | 0.6 ± 0.1414 (2) | 0 | 1.5 |" in markdown
+    assert "| ew | 2 | **0.875 ± 0.035 (2)** | 0.60 ± 0.14 (2) | 0 | 1.5 |" in markdown
     # Δm%: accuracy 25.71 % worse, loss 58.33 % better -> −16.31
-    pcgrad = "| PCGrad | 2 ok, 1 failed | 0.65 ± 0.07071 (2) | **0.25 ± 0.07071 (2)** | -16.31 | 1.5 |"
+    pcgrad = "| PCGrad | 2 ok, 1 failed | 0.650 ± 0.071 (2) | **0.250 ± 0.071 (2)** | -16.31 | 1.5 |"
     assert pcgrad in markdown
-    assert "<b>0.875 ± 0.03536 (2)</b>" in html
+    assert "<b>0.875 ± 0.035 (2)</b>" in html
     assert "PCGrad / seed 2: failed: ValueError: exploded" in markdown
     assert "MGDA: 2 of 2 runs ended on the Pareto front" in markdown
     assert "LS: 1 of 2 runs ended on the Pareto front" in markdown
 
     images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", markdown)
-    assert sum("landscape" in name for name in images) == 1
-    assert sum("step_time" in name for name in images) == 2
+    assert sum("landscape" in name for name in images) == sum("loss_space" in name for name in images) == 1
+    assert sum("step_time" in name for name in images) == sum("curves" in name for name in images) == 2
     assert all((tmp_path / "report" / name).is_file() for name in images)
-    assert html.count('src="data:image/png;base64,') == len(images) == 5
+    assert html.count('src="data:image/png;base64,') == len(images) == 8
     assert "<style>" in html and "<table>" in html
 
 
