@@ -543,9 +543,11 @@ def task_section(
     """Everything about one task label: table, selection rule, Pareto-front counts, plots, step times,
     gradient-conflict diagnostics."""
     first = ev.runs[ev.runs["task_label"] == label].iloc[0]
+    table = results_table(label, ev)
+    table.name = f"{stem}_results"
     blocks: list[Block] = [
         Heading(label),
-        results_table(label, ev),
+        table,
         Text(selection_text(ev.infos[int(first["run_id"])])),
     ]
     summary = ev.summary[ev.summary["task_label"] == label]
