@@ -7,6 +7,7 @@ python run_all.py report [--suite quick]        # reports from what the store ho
 python run_all.py list [methods|tasks] [PATTERN] [--data-root DIR]
 python run_all.py prepare NAME [--data-root DIR] [--workers N]   # convert a task's dataset once
 python run_all.py perf [--params 100000 1000000] [PATTERN]   # aggregation cost per method vs the floor
+python run_all.py export [--suite S] [--format csv|parquet] [--output DIR]   # the store as flat files
 
 Exit status: 0 on success, 1 when a run failed or on an internal error (with its traceback), 2 on a
 user error (:class:`benchmark.errors.UserError`: a bad suite, argument, store or dataset), printed as
@@ -27,6 +28,7 @@ import yaml
 from benchmark.config import load_suite
 from benchmark.data import require_root, resolve_data_root
 from benchmark.errors import UserError
+from benchmark.export import FORMATS, export_store
 from benchmark.perf import aggregation_costs, cost_table
 from benchmark.registry import METHODS, TASKS, load_plugin, unknown_name_message
 from benchmark.report import write_report
@@ -117,6 +119,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     perf.add_argument("--output", type=Path, help="also write the Markdown table here")
     perf.set_defaults(handler=cmd_perf)
 
+    export = sub.add_parser("export", parents=[common], help="write the store's runs and metrics as files")
+    export.add_argument("--suite", help="one suite (default: every suite stored)")
+    export.add_argument("--format", choices=FORMATS, default="csv", help="parquet needs pyarrow")
+    export.add_argument("--output", type=Path, default=ROOT / "results" / "export", help="output folder")
+    export.set_defaults(handler=cmd_export)
+
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["run", *argv]  # no command: options belong to the default one
     return parser.parse_args(argv)
@@ -176,6 +184,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = executor_options(args)
     suite = load_suite(args.suite, overrides, args.data_root, args.plugin)  # runs carry the plugins
     store = ResultsStore(args.results)
+    store.save_suite(suite.name, suite.description, suite.path)
     statuses = run_suite(suite, store, args.executor, args.workers, rerun=args.rerun, options=options)
     log.info("suite %s: %s", suite.name, dict(statuses) or "nothing to run, all results stored")
     if not args.no_report:
@@ -194,6 +203,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         log.warning("%s holds no runs: no report written", store.path)
     for name in args.suite or held:
         write_report(store, name, args.reports / name)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    store = ResultsStore(args.results, create=False)
+    export_store(store, args.output, args.suite, args.format)
     return 0
 
 

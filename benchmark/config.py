@@ -82,9 +82,10 @@ from benchmark.specs import (
 from benchmark.task import Task, get_task
 
 SUITE_KEYS = (
-    "name", "description", "seeds", "plugins", "train", "resources", "tasks", "methods",
+    "name", "description", "seeds", "plugins", "train", "diagnostics", "resources", "tasks", "methods",
     "baseline", "claims", "published",
 )
+DIAGNOSTICS_KEYS = ("every",)
 ENTRY_KEYS = ("name", "label", "params", "grid", "train", "resources")
 RESOURCE_KEYS = ("num_cpus", "num_gpus")
 TASK_KEYS = (*ENTRY_KEYS, "data_root")
@@ -119,6 +120,7 @@ TRAIN_BOUNDS = {
     "clip_grad_norm": (0, False),
     "method_lr": (0, False),
     "eval_every": (1, True),
+    "diagnostics_every": (0, True),
 }
 
 
@@ -240,7 +242,10 @@ def parse_suite(
         seeds=_seeds(suite.get("seeds", [0]), fail),
         plugins=(all_plugins := _all_plugins(plugins, suite.get("plugins", []), source, fail)),
         versions=tuple(file_version(p) for p in all_plugins),
-        train=_train_fields(suite.get("train", {}), "train", fail),
+        train={
+            **_train_fields(suite.get("train", {}), "train", fail),
+            **_diagnostics(suite.get("diagnostics", {}), fail),
+        },
         resources=_resources(suite.get("resources", {}), "resources", fail),
         overrides=_train_fields(overrides or {}, "", _failer("command line"), _flag),
         data_root=None if data_root is None else Path(data_root),
@@ -336,6 +341,17 @@ def _data_root(shared: _Shared, key: str, entry: Mapping[str, Any]) -> Path | No
         return None
     root = resolve_data_root(shared.data_root if shared.data_root is not None else written)
     return None if root is None else root.absolute()
+
+
+def _diagnostics(raw: Any, fail: Fail) -> dict[str, Any]:
+    """The suite's ``diagnostics: {every: N}`` as the training setting ``diagnostics_every``."""
+    entry = _mapping(raw, "diagnostics", fail)
+    _check_keys(entry, DIAGNOSTICS_KEYS, "diagnostics", fail)
+    if "every" not in entry:
+        return {}
+    every = _coerce(entry["every"], int, "diagnostics.every", fail)
+    _check_train_value("diagnostics_every", every, "diagnostics.every", fail)
+    return {"diagnostics_every": every}
 
 
 def _mapping(value: Any, key: str, fail: Fail) -> dict[str, Any]:

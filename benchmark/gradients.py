@@ -122,17 +122,22 @@ def backward_step(
     strategy: str = "loop",
     extra_batch: Batch | None = None,
     reducer: Reducer = LOCAL,
+    observe: Callable[[Tensor], None] | None = None,
 ) -> Tensor:
     """Forward ``batch``, combine the per-task gradients with ``method`` and set every ``.grad``.
 
     ``ctx`` supplies the step, generator and level; its losses, activation and task rows are filled in
     here. ``strategy`` (``"loop"`` or ``"batched"``) computes the param-level Jacobian. ``extra_batch``,
     at the param level, gives ``ctx.extra_grads``. Gradients are assigned to parameters whose
-    ``.grad`` is ``None``. Returns the detached losses ``[T]``.
+    ``.grad`` is ``None``. ``observe`` (diagnostics) is handed the per-task gradients at ``ctx.level``:
+    those the method combines, or, for a loss weighting, ones computed for it alone by
+    :func:`observed_gradients` (an extra cost on the steps that observe). Returns the detached losses ``[T]``.
     """
     ctx.task_rows = batch.task_rows
     z = model.trunk(batch.inputs)
     if not method.needs_grads:
+        if observe is not None:
+            observe(observed_gradients(model, task, batch, ctx.level, z, strategy))
         _weighted_backward(model, task, batch, method, ctx, z)
         reducer.local_grads([p for p in model.parameters() if p.grad is not None])
         return ctx.losses
@@ -143,6 +148,8 @@ def backward_step(
     per_task = per_task_gradients(model, task, batch, ctx, z, strategy, method.uses_activation)
     grads = reducer.jacobian(per_task.grads) if ctx.level == "param" else per_task.grads
     with torch.no_grad():
+        if observe is not None:
+            observe(grads)
         update = method.combine(grads, ctx)
     per_task.apply(update)
     reducer.local_grads(per_task.local_params)
@@ -157,6 +164,24 @@ def _weighted_backward(
     ctx.losses = losses.detach()
     weights = method.weights(ctx.losses, ctx)
     (weights.detach().to(losses.dtype) @ losses).backward()
+
+
+def observed_gradients(
+    model: MultiTaskModel, task: Task, batch: Batch, level: str, z: Tensor, strategy: str = "loop"
+) -> Tensor:
+    """Per-task gradients at ``level`` for a method that does not compute them (a loss weighting),
+    leaving every ``.grad``, buffer and RNG stream as they were: at the feature level one backward
+    through the heads, at the param level about T backwards through the trunk (z's graph is kept).
+    Only the heads run forward again, so only their buffers are restored (the trunk's are saved in
+    z's graph and must not be written)."""
+    with side_effect_free(model.heads):
+        if level == "feature":
+            aliases = [z.detach().requires_grad_() for _ in range(task.num_tasks)]
+            losses = task.losses(model.forward_each(aliases), batch)
+            grads = torch.autograd.grad(losses.sum(), aliases, allow_unused=True)
+            return torch.stack([_zeros_if_none(g, a, a.shape) for g, a in zip(grads, aliases, strict=True)])
+        losses = task.losses(model.forward_heads(z), batch)
+        return jacobian(losses, model.shared_parameters(), strategy).detach()
 
 
 def per_task_gradients(

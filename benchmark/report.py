@@ -1,7 +1,9 @@
-"""The report of one suite: ``index.md`` and a self-contained ``index.html`` (plots inlined), plus PNGs.
+"""The report of one suite: ``index.md`` and a self-contained ``index.html`` (plots inlined), plus PNGs
+and every table as CSV and LaTeX under ``tables/``.
 
 The content is built once as a list of blocks (headings, text, tables, images, lists) and rendered
-twice, to Markdown and to HTML.
+twice, to Markdown and to HTML. The HTML fits a laptop screen: the page is at most 1,100 pixels wide,
+images shrink to it, and a table wider than the page scrolls inside its own wrapper.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 
 from benchmark import plots, stats
+from benchmark.diagnostics import SUMMARY, pair_of
 from benchmark.evaluate import (
     Evaluation,
     ReportSettings,
@@ -28,9 +33,8 @@ from benchmark.evaluate import (
     front_counts,
     metric_task,
     step_times,
-    trajectories,
 )
-from benchmark.specs import STATUSES
+from benchmark.specs import STATUSES, TrainSpec
 from benchmark.store import ResultsStore
 
 logger = logging.getLogger(__name__)
@@ -52,7 +56,8 @@ LEGEND = (
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+.table-wrap { overflow-x: auto; max-width: 100%; margin: 1em 0; }
+table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 th { background: #f2f2f2; }
@@ -81,9 +86,12 @@ class Items:
 
 @dataclass
 class Table:
+    """A table; ``name`` (a file stem) exports it to ``tables/<name>.csv`` and ``.tex``."""
+
     header: list[str]
     rows: list[list[str]]
     bold: set[tuple[int, int]] = field(default_factory=set)
+    name: str = ""
 
 
 @dataclass
@@ -139,6 +147,62 @@ def to_markdown(blocks: list[Block]) -> str:
     return "\n\n".join(out) + "\n"
 
 
+def table_frame(table: Table) -> pd.DataFrame:
+    """A table's cells as a frame of strings, its header as the columns."""
+    return pd.DataFrame(table.rows, columns=table.header)
+
+
+def write_tables(blocks: list[Block], folder: Path) -> list[Path]:
+    """Every named table as ``<name>.csv`` (``DataFrame.to_csv``) and ``<name>.tex``
+    (``DataFrame.to_latex``, a booktabs tabular; its bold cells in ``\\textbf``)."""
+    written = []
+    for block in blocks:
+        if not isinstance(block, Table) or not block.name:
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        frame = table_frame(block)
+        frame.to_csv(folder / f"{block.name}.csv", index=False)
+        escaped = frame.map(_latex_escape)
+        for i, j in block.bold:
+            escaped.iat[i, j] = f"\\textbf{{{escaped.iat[i, j]}}}"
+        escaped.columns = [_latex_escape(h) for h in frame.columns]
+        latex = escaped.to_latex(
+            index=False, escape=False, column_format="l" + "r" * (len(frame.columns) - 1)
+        )
+        (folder / f"{block.name}.tex").write_text(latex, encoding="utf-8")
+        written += [folder / f"{block.name}.csv", folder / f"{block.name}.tex"]
+    return written
+
+
+LATEX_SPECIAL = {
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "\\": r"\textbackslash{}",
+}
+LATEX_SYMBOLS = {
+    "±": r"$\pm$",
+    "↑": r"$\uparrow$",
+    "↓": r"$\downarrow$",
+    "Δ": r"$\Delta$",
+    "×": r"$\times$",
+    "‡": r"$\ddagger$",
+    "—": "--",
+    "–": "--",
+}
+
+
+def _latex_escape(text: str) -> str:
+    """LaTeX for a cell: special characters escaped, the report's symbols as math."""
+    return "".join(LATEX_SPECIAL.get(c, LATEX_SYMBOLS.get(c, c)) for c in str(text))
+
+
 def _html_text(text: str) -> str:
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
@@ -151,7 +215,8 @@ def _html_table(table: Table) -> str:
             f"<b>{_html_text(c)}</b>" if (i, j) in table.bold else _html_text(c) for j, c in enumerate(row)
         )
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    table_html = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return f'<div class="table-wrap">{table_html}</div>'
 
 
 def _html_image(image: Image) -> str:
@@ -184,7 +249,9 @@ def to_html(blocks: list[Block], title: str) -> str:
     """A self-contained HTML page: inline CSS, PNGs embedded as data URIs."""
     body = html_body(blocks)
     return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title>"
         f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
 
@@ -197,9 +264,10 @@ def fmt(value: float) -> str:
 
 
 def mean_std(mean: float, std: float, count: int) -> str:
-    """``0.9123 ± 0.0042 (3)``; no ± for a single run."""
-    spread = "" if pd.isna(std) else f" ± {fmt(std)}"
-    return f"{fmt(mean)}{spread} ({count})"
+    """``0.9123 ± 0.0042 (3)``, rounded to the spread (:func:`benchmark.stats.round_to_spread`); no ± for
+    one run."""
+    text, spread = stats.round_to_spread(mean, std)
+    return f"{text}{f' ± {spread}' if spread else ''} ({count})"
 
 
 def slug(text: str) -> str:
@@ -325,7 +393,7 @@ def results_table(label: str, ev: Evaluation) -> Table:
             for row, method in zip(rows, methods, strict=True):
                 value = column.get(method, float("nan"))
                 row.append(f"{value:.2f}" if title.startswith("Δ") and not pd.isna(value) else fmt(value))
-    return Table(header, rows, bold)
+    return Table(header, rows, bold, name=f"{slug(label)}_results")
 
 
 def budget_warning(label: str, ev: Evaluation) -> list[Block]:
@@ -450,55 +518,203 @@ def front_lines(label: str, ev: Evaluation) -> list[str]:
     ]
 
 
-def landscape_plot(label: str, ev: Evaluation, metrics: pd.DataFrame, path: Path) -> Path | None:
-    """Trajectories over the task's landscape, if it has one (built from the label's first run: only
-    tasks that declare a landscape, or old runs whose declarations were not stored, are built)."""
-    runs = ev.runs[ev.runs["task_label"] == label]
-    first = runs.iloc[0]
+def run_label(run: pd.Series, varying: list[str]) -> str:
+    """A run's label within its method: the task parameters that vary across the label's runs, and
+    the seed (``start=3, seed 0``)."""
+    params = run["spec"]["task"]["params"]
+    parts = [f"{key}={params.get(key)}" for key in varying]
+    return ", ".join([*parts, f"seed {run['seed']}"])
+
+
+def labelled_paths(
+    runs: pd.DataFrame, metrics: pd.DataFrame, names: tuple[str, str], split: str
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per method label, run label -> the run's path ``[steps, 2]`` through the two ``names``."""
+    params = [r["task"]["params"] for r in runs["spec"]]
+    keys = sorted({k for p in params for k in p})
+    varying = [k for k in keys if len({repr(p.get(k)) for p in params}) > 1]
+    by_id = runs.set_index("run_id")
+    rows = metrics[(metrics["split"] == split) & metrics["name"].isin(names)]
+    paths: dict[str, dict[str, np.ndarray]] = {}
+    for (method, run_id), run in rows.groupby(["method_label", "run_id"], sort=False):
+        wide = run.groupby(["step", "name"])["value"].last().unstack().reindex(columns=list(names))
+        label = run_label(by_id.loc[run_id], varying)
+        paths.setdefault(str(method), {})[label] = wide.to_numpy(dtype=float)
+    return paths
+
+
+def task_landscape(label: str, ev: Evaluation):
+    """The label's landscape, if its task has one (built from its first run: only tasks that declare
+    a landscape, or old runs whose declarations were not stored, are built)."""
+    first = ev.runs[ev.runs["task_label"] == label].iloc[0]
     stored = first["info"]
     if stored is not None and not stored.landscape:
         return None
     try:
-        landscape = build_task(first["task"], first["spec"]["task"]["params"]).landscape()
+        return build_task(first["task"], first["spec"]["task"]["params"]).landscape()
     except Exception as exc:
         logger.warning("%s: no landscape plot, the task cannot be built (%s)", label, exc)
         return None
+
+
+def landscape_blocks(
+    label: str, ev: Evaluation, metrics: pd.DataFrame, out_dir: Path, stem: str
+) -> list[Block]:
+    """Trajectories over the task's landscape and the final points in loss space with the Pareto front."""
+    landscape = task_landscape(label, ev)
     if landscape is None:
-        return None
+        return []
+    runs = ev.runs[(ev.runs["task_label"] == label) & (ev.runs["status"] == "ok")]
     rows = metrics[(metrics["task_label"] == label) & (metrics["status"] == "ok")]
-    splits = ev.infos[int(first["run_id"])].eval_splits or tuple(dict.fromkeys(rows["split"]))
-    paths = trajectories(rows, landscape.trajectory, splits[0]) if splits else {}
+    if runs.empty or rows.empty:
+        return []
+    splits = ev.infos[int(runs.iloc[0]["run_id"])].eval_splits or tuple(dict.fromkeys(rows["split"]))
+    paths = labelled_paths(runs, rows, landscape.trajectory, splits[0])
     if not paths:
-        return None
-    return plots.landscape_trajectories(landscape, paths, label, path)
+        return []
+    image = plots.landscape_trajectories(landscape, paths, label, out_dir / f"{stem}_landscape.png")
+    blocks: list[Block] = [Image(image, f"{label} trajectories")]
+    with torch.no_grad():
+        front = landscape.losses(landscape.pareto_set.double()).double().numpy()
+        finals = {
+            method: landscape.losses(
+                torch.tensor(np.array([p[-1] for p in by_run.values()]), dtype=torch.float64)
+            )
+            .double()
+            .numpy()
+            for method, by_run in paths.items()
+        }
+    if front.shape[1] == 2:
+        image = plots.loss_space(front, finals, ("L1", "L2"), label, out_dir / f"{stem}_loss_space.png")
+        blocks.append(Image(image, f"{label} final points in loss space"))
+    return blocks
 
 
-def timing_blocks(label: str, timings: pd.DataFrame, out_dir: Path, stem: str) -> list[Block]:
-    """Milliseconds per step (mean ± std over ok runs) and total training time per method."""
+def timing_blocks(
+    label: str, timings: pd.DataFrame, out_dir: Path, stem: str, baseline: str
+) -> list[Block]:
+    """Milliseconds per step (mean ± std over ok runs), relative to equal weighting, and total
+    training time per method."""
     rows = timings[timings["task_label"] == label]
     steps = step_times(rows)
     if steps.empty:
         return []
     train = step_times(rows, "train_s").set_index("method_label")["mean"]
+    base = steps.loc[steps["method_label"] == baseline, "mean"]
+    relative = steps["mean"] / float(base.iloc[0]) if len(base) else pd.Series(np.nan, index=steps.index)
     table = Table(
-        ["Method", "ms per step", "train s"],
+        ["Method", "ms per step", f"× {baseline}", "train s"],
         [
-            [r.method_label, mean_std(r.mean, r.std, r.count), fmt(train.get(r.method_label, float("nan")))]
-            for r in steps.itertuples()
+            [
+                r.method_label,
+                mean_std(r.mean, r.std, r.count),
+                fmt(rel),
+                fmt(train.get(r.method_label, np.nan)),
+            ]
+            for r, rel in zip(steps.itertuples(), relative, strict=True)
         ],
+        name=f"{stem}_step_time",
     )
-    image = plots.step_time_bars(steps, f"{label}: step time", out_dir / f"{stem}_step_time.png")
+    title = f"{label}: step time"
+    image = plots.step_time_bars(steps, title, out_dir / f"{stem}_step_time.png", baseline)
     return [Heading("Step time", 3), table, Image(image, f"{label} step time")]
 
 
-def task_section(
-    label: str, ev: Evaluation, metrics: pd.DataFrame, timings: pd.DataFrame, out_dir: Path, stem: str
+def curve_blocks(label: str, ev: Evaluation, metrics: pd.DataFrame, out_dir: Path, stem: str) -> list[Block]:
+    """The selection metric (else the first declared one) over steps on the validation split (else the
+    first evaluation split), mean over runs with its 95 % interval, per method."""
+    runs = ev.runs[(ev.runs["task_label"] == label) & (ev.runs["status"] == "ok")]
+    if runs.empty:
+        return []
+    info = ev.infos[int(runs.iloc[0]["run_id"])]
+    metric = info.selection_metric or next(iter(info.directions), None)
+    split = "val" if "val" in info.eval_splits else (info.eval_splits or (None,))[0]
+    rows = metrics[
+        metrics["run_id"].isin(runs["run_id"]) & (metrics["split"] == split) & (metrics["name"] == metric)
+    ]
+    if metric is None or rows["step"].nunique() < 2:
+        return []
+    title = f"{label}: {metric} on {split}"
+    image = plots.validation_curves(
+        rows, metric, info.directions.get(metric), title, out_dir / f"{stem}_curves.png"
+    )
+    return [Image(image, f"{label} {metric} over steps")]
+
+
+def task_names_of(metrics: pd.DataFrame) -> list[str]:
+    """The task's loss names in loss order, as the trainer logs them on the ``train_loss`` split."""
+    return list(dict.fromkeys(metrics.loc[metrics["split"] == "train_loss", "name"]))
+
+
+def cosine_matrices(diagnostics: pd.DataFrame, num_tasks: int) -> dict[str, np.ndarray]:
+    """Per method label, the ``[T, T]`` pairwise cosines averaged over runs and steps (diagonal 1)."""
+    matrices = {}
+    pairs = diagnostics[diagnostics["name"].map(lambda n: pair_of(n) is not None)]
+    for method, rows in pairs.groupby("method_label", sort=False):
+        matrix = np.eye(num_tasks)
+        for name, value in rows.groupby("name")["value"].mean().items():
+            i, j = pair_of(str(name))
+            if max(i, j) < num_tasks:
+                matrix[i, j] = matrix[j, i] = value
+        matrices[str(method)] = matrix
+    return matrices
+
+
+def diagnostics_blocks(
+    label: str, diagnostics: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path, stem: str
 ) -> list[Block]:
-    """Everything about one task label: table, selection rule, Pareto-front counts, plots, step times."""
+    """The gradient-conflict diagnostics of the label's ok runs: a table of each summary value's mean
+    over runs and logged steps, the trajectory of the mean cosine and conflict share, the heatmaps."""
+    rows = diagnostics[(diagnostics["task_label"] == label) & (diagnostics["status"] == "ok")]
+    if rows.empty:
+        return []
+    summary = rows[rows["name"].isin(SUMMARY)].pivot_table(
+        index="method_label", columns="name", values="value", aggfunc="mean", sort=False
+    )
+    names = [n for n in SUMMARY if n in summary.columns]
+    table = Table(
+        ["Method", *names],
+        [[str(m), *(fmt(summary.loc[m, n]) for n in names)] for m in summary.index],
+        name=f"{stem}_diagnostics",
+    )
+    text = (
+        "Gradient conflict, from the per-task gradients of every logged step (`diagnostics: {every: N}`), "
+        "averaged over runs and steps: mean pairwise cosine, share of pairs with cos < 0, gradient magnitude "
+        "similarity (Yu et al. 2020), largest / smallest gradient norm, condition number of the Gramian."
+    )
+    blocks: list[Block] = [Heading("Gradient conflict", 3), Text(text), table]
+    image = plots.conflict_trajectories(rows, label, out_dir / f"{stem}_conflict.png")
+    blocks.append(Image(image, f"{label} gradient conflict over steps"))
+    names = task_names_of(metrics[metrics["task_label"] == label])
+    matrices = cosine_matrices(rows, len(names))
+    if matrices and len(names) >= 2:
+        image = plots.conflict_heatmaps(matrices, names, label, out_dir / f"{stem}_cosines.png")
+        blocks.append(Image(image, f"{label} cosine heatmaps"))
+    return blocks
+
+
+def metric_ranges(infos: dict[int, TaskInfo]) -> dict[str, plots.Range]:
+    """Metric name -> its declared ``(low, high)``."""
+    return {m.name: (m.low, m.high) for info in infos.values() for m in info.metrics}
+
+
+def task_section(
+    label: str,
+    ev: Evaluation,
+    metrics: pd.DataFrame,
+    timings: pd.DataFrame,
+    diagnostics: pd.DataFrame,
+    out_dir: Path,
+    stem: str,
+) -> list[Block]:
+    """Everything about one task label: table, selection rule, Pareto-front counts, plots, step times,
+    gradient-conflict diagnostics."""
     first = ev.runs[ev.runs["task_label"] == label].iloc[0]
+    table = results_table(label, ev)
+    table.name = f"{stem}_results"
     blocks: list[Block] = [
         Heading(label),
-        results_table(label, ev),
+        table,
         Text(selection_text(ev.infos[int(first["run_id"])])),
         *budget_warning(label, ev),
         *published_table(label, ev),
@@ -512,11 +728,13 @@ def task_section(
         blocks.append(Items(fronts))
     if not summary.empty:
         shown = summary[summary["higher_is_better"].notna()]
-        image = plots.metric_points(shown if len(shown) else summary, label, out_dir / f"{stem}_metrics.png")
+        path = out_dir / f"{stem}_metrics.png"
+        image = plots.metric_points(shown if len(shown) else summary, label, path, metric_ranges(ev.infos))
         blocks.append(Image(image, f"{label} metrics"))
-    if image := landscape_plot(label, ev, metrics, out_dir / f"{stem}_landscape.png"):
-        blocks.append(Image(image, f"{label} trajectories"))
-    return blocks + timing_blocks(label, timings, out_dir, stem)
+    blocks += curve_blocks(label, ev, metrics, out_dir, stem)
+    blocks += landscape_blocks(label, ev, metrics, out_dir, stem)
+    blocks += timing_blocks(label, timings, out_dir, stem, ev.settings.baseline)
+    return blocks + diagnostics_blocks(label, diagnostics, metrics, out_dir, stem)
 
 
 def failures(runs: pd.DataFrame) -> list[Block]:
@@ -530,6 +748,59 @@ def failures(runs: pd.DataFrame) -> list[Block]:
     return [Heading("Failed and diverged runs"), Items(items)]
 
 
+def changed_settings(train: dict) -> dict:
+    """The training settings of a stored spec that differ from :class:`TrainSpec`'s defaults."""
+    defaults = TrainSpec()
+    return {k: v for k, v in train.items() if getattr(defaults, k, object()) != v}
+
+
+def method_text(spec: dict) -> str:
+    """A method as configured: ``name(param=value, ...)``, its weighting first (``gradnorm+graddrop``)."""
+    params = ", ".join(f"{k}={v!r}" for k, v in spec.get("params", {}).items())
+    text = f"{spec['name']}({params})" if params else spec["name"]
+    weighting = spec.get("weighting")
+    return f"{method_text(weighting)} then {text}" if weighting else text
+
+
+def setup_blocks(runs: pd.DataFrame, description: str) -> list[Block]:
+    """The suite's description, each task's parameters and training settings, each method's
+    hyperparameters (only the settings that differ from the built-in defaults)."""
+    blocks: list[Block] = [Heading("Setup")]
+    if description:
+        blocks.append(Text(description.strip()))
+    tasks, methods = {}, {}
+    for spec in runs["spec"]:
+        task = spec["task"]
+        params = ", ".join(f"{k}={v!r}" for k, v in task["params"].items())
+        settings = ", ".join(f"{k}={v!r}" for k, v in changed_settings(spec["train"]).items())
+        tasks.setdefault(task["label"], [task["name"], set(), set()])
+        tasks[task["label"]][1].add(params or "–")
+        tasks[task["label"]][2].add(settings or "defaults")
+        methods.setdefault(spec["method"]["label"], method_text(spec["method"]))
+    seeds = sorted({int(s) for s in runs["seed"]})
+    blocks.append(
+        Text(f"Seeds: {', '.join(map(str, seeds))}. Training settings other than the built-in defaults:")
+    )
+    blocks.append(
+        Table(
+            ["Task", "Registered as", "Parameters", "Training settings"],
+            [
+                [label, name, "; ".join(sorted(p)), "; ".join(sorted(t))]
+                for label, (name, p, t) in tasks.items()
+            ],
+            name="setup_tasks",
+        )
+    )
+    blocks.append(
+        Table(
+            ["Method", "Configured as"],
+            [[label, text] for label, text in methods.items()],
+            name="setup_methods",
+        )
+    )
+    return blocks
+
+
 def report_blocks(
     store: ResultsStore, suite: str, out_dir: Path, settings: ReportSettings | None = None
 ) -> list[Block]:
@@ -538,23 +809,24 @@ def report_blocks(
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     blocks: list[Block] = [
         Heading(f"Gradient Surgery Bench: {suite}", 1),
-        Text(f"Generated {when} from `{store.path}`."),
+        Text(f"Generated {when} from the results store `{store.path.name}`."),
     ]
     if runs.empty:
         return [*blocks, Text(f"No runs of suite `{suite}` in the store: nothing to report.")]
     blocks.append(Text(status_line(runs)))
-    blocks.append(Text(LEGEND))
+    blocks += setup_blocks(runs, store.suite_description(suite))
+    blocks += [Heading("Results"), Text(LEGEND)]
     if not (runs["status"] == "ok").any():
         return [
             *blocks,
             Text("No run of this suite finished: there are no results to table."),
             *failures(runs),
         ]
-    metrics, timings = store.metrics(suite), store.timings(suite)
+    metrics, timings, diagnostics = store.metrics(suite), store.timings(suite), store.diagnostics(suite)
     ev = evaluate(runs, metrics, settings=settings)
     blocks.append(Text(f"Baseline of the tests: `{ev.settings.baseline}`."))
     for i, label in enumerate(dict.fromkeys(runs["task_label"])):
-        blocks += task_section(label, ev, metrics, timings, out_dir, f"{i:02d}_{slug(label)}")
+        blocks += task_section(label, ev, metrics, timings, diagnostics, out_dir, f"{i:02d}_{slug(label)}")
     return blocks + claim_blocks(ev) + failures(runs)
 
 
@@ -575,6 +847,7 @@ def write_report(
     settings = settings or ReportSettings()
     kept.write_text(json.dumps(settings.to_dict(), indent=1), encoding="utf-8")
     blocks = report_blocks(store, suite, out_dir, settings)
+    write_tables(blocks, out_dir / "tables")
     (out_dir / "index.md").write_text(to_markdown(blocks), encoding="utf-8")
     page = out_dir / "index.html"
     page.write_text(to_html(blocks, f"Gradient Surgery Bench: {suite}"), encoding="utf-8")

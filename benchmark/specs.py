@@ -26,11 +26,14 @@ FUSED_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu", "hpu")
 
 @dataclass(frozen=True)
 class Metric:
-    """A reported metric and its direction."""
+    """A reported metric, its direction and, where it has one, its range (``low``/``high``, ``None``:
+    unbounded), to which plotted intervals are clipped."""
 
     name: str
     higher_is_better: bool
     description: str = ""
+    low: float | None = None
+    high: float | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ class TrainSpec:
     equal to separate heads to float tolerance), ``optimizer_impl`` (torch's ``foreach`` or ``fused``
     kernels instead of its default, another order of floating-point operations) and ``amp`` (the
     trunk's forward and backward in bfloat16 or float16, :mod:`benchmark.amp`).
+
+    ``diagnostics_every``: log :mod:`benchmark.diagnostics` every that many steps (0: never).
     """
 
     steps: int = 1000
@@ -105,6 +110,7 @@ class TrainSpec:
     batched_heads: bool = False
     optimizer_impl: str = "default"
     amp: str | None = None
+    diagnostics_every: int = 0
     device: str = field(default="cpu", metadata=NOT_IDENTITY)
 
 

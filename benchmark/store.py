@@ -38,8 +38,10 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 3
 """1: the first; 2: ``runs.info`` (the task's metric declarations, :class:`benchmark.specs.TaskInfo`)
-and config hashes that leave out the device; 3: the ``claims`` table. An older store is migrated when
-opened; the version is kept in the file (``PRAGMA user_version``)."""
+and config hashes that leave out the device; 3: the ``claims`` table (which sweep trains which run),
+the ``diagnostics`` table (gradient-conflict values per run and step) and the ``suites`` table (each
+suite's description). An older store is migrated when opened; the version is kept in the file
+(``PRAGMA user_version``)."""
 FINISHED = ("ok", "diverged")
 RUN_LABELS = ("suite", "task", "task_label", "method_label", "seed", "status")
 
@@ -68,10 +70,15 @@ CREATE TABLE IF NOT EXISTS timings (run_id INTEGER NOT NULL, name TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS claims (
     config_hash TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, heartbeat REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS diagnostics (
+    run_id INTEGER NOT NULL, step INTEGER NOT NULL, name TEXT NOT NULL, value REAL
+);
+CREATE TABLE IF NOT EXISTS suites (name TEXT PRIMARY KEY, description TEXT NOT NULL, source TEXT);
 CREATE UNIQUE INDEX IF NOT EXISTS runs_config_hash ON runs (config_hash);
 CREATE INDEX IF NOT EXISTS runs_suite ON runs (suite);
 CREATE INDEX IF NOT EXISTS metrics_run_id ON metrics (run_id);
 CREATE INDEX IF NOT EXISTS timings_run_id ON timings (run_id);
+CREATE INDEX IF NOT EXISTS diagnostics_run_id ON diagnostics (run_id);
 """
 
 
@@ -153,7 +160,7 @@ def _migrate_from_1(conn: sqlite3.Connection) -> None:
     for config_hash, run_id in newest.items():
         conn.execute("UPDATE runs SET config_hash = ? WHERE run_id = ?", (config_hash, run_id))
     stale = [(run_id,) for run_id, _ in rows if run_id not in set(newest.values())]
-    for table in ("metrics", "timings", "runs"):
+    for table in ("metrics", "timings", "runs"):  # version 1 has no diagnostics table
         conn.executemany(f"DELETE FROM {table} WHERE run_id = ?", stale)
 
 
@@ -215,7 +222,8 @@ class ResultsStore:
                     "update Gradient Surgery Bench, or use another --results file"
                 )
             if version == 1:
-                _migrate_from_1(conn)  # version 2 -> 3 only adds a table: the schema below creates it
+                _migrate_from_1(conn)
+            # 2 -> 3 adds the claims, diagnostics and suites tables, which the schema below creates
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -252,12 +260,30 @@ class ResultsStore:
                 "INSERT INTO timings (run_id, name, value) VALUES (?, ?, ?)",
                 [(run_id, name, float(value)) for name, value in result.timings.items()],
             )
+            conn.executemany(
+                "INSERT INTO diagnostics (run_id, step, name, value) VALUES (?, ?, ?, ?)",
+                [(run_id, int(d.step), d.name, float(d.value)) for d in result.diagnostics],
+            )
         return run_id
+
+    def save_suite(self, name: str, description: str, source: str | Path | None = None) -> None:
+        """Record (or update) a suite's description and file, shown by its report."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO suites (name, description, source) VALUES (?, ?, ?)",
+                (name, description, None if source is None else str(source)),
+            )
+
+    def suite_description(self, name: str) -> str:
+        """The description :meth:`save_suite` recorded for ``name`` (``""`` if none)."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT description FROM suites WHERE name = ?", (name,)).fetchone()
+        return "" if row is None else str(row[0])
 
     @staticmethod
     def _delete(conn: sqlite3.Connection, config_hash: str) -> None:
         old = [r[0] for r in conn.execute("SELECT run_id FROM runs WHERE config_hash = ?", (config_hash,))]
-        for table in ("metrics", "timings", "runs"):
+        for table in ("metrics", "timings", "diagnostics", "runs"):
             conn.executemany(f"DELETE FROM {table} WHERE run_id = ?", [(run_id,) for run_id in old])
 
     def finished_hashes(self) -> set[str]:
@@ -330,6 +356,10 @@ class ResultsStore:
     def timings(self, suite: str | None = None) -> pd.DataFrame:
         """Every timing (``run_id, name, value``) with its run's labels and status."""
         return self._rows("timings", suite)
+
+    def diagnostics(self, suite: str | None = None) -> pd.DataFrame:
+        """Every diagnostic value (``run_id, step, name, value``) with its run's labels and status."""
+        return self._rows("diagnostics", suite)
 
     def _rows(self, table: str, suite: str | None) -> pd.DataFrame:
         labels = ", ".join(f"runs.{c}" for c in RUN_LABELS)

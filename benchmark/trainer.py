@@ -9,6 +9,7 @@ import random
 import statistics
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from benchmark.diagnostics import gradient_diagnostics
 from benchmark.gradients import backward_step, choose_strategy, jacobian, side_effect_free
 from benchmark.method import StepContext, build_method
 from benchmark.registry import load_plugin
@@ -34,6 +36,15 @@ class MetricRow:
 
 
 @dataclass
+class DiagnosticRow:
+    """One :mod:`benchmark.diagnostics` value of the per-task gradients at one step."""
+
+    step: int
+    name: str
+    value: float
+
+
+@dataclass
 class RunResult:
     """What one run produced. ``status`` is ``ok``, ``diverged`` (a non-finite loss or metric, or the
     task's region left: ``error`` says which) or ``failed`` (an exception: ``error`` is its traceback)."""
@@ -46,6 +57,7 @@ class RunResult:
     started: float = 0.0
     ended: float = 0.0
     info: TaskInfo | None = None
+    diagnostics: list[DiagnosticRow] = field(default_factory=list)
 
 
 def run(spec: RunSpec, progress: bool = False) -> RunResult:
@@ -128,7 +140,7 @@ class Trainer:
                 break
             batch = next(batches)
             extra = next(batches) if self.two_batches else None
-            loss_sum += self._step(batch, step, strategy, extra)
+            loss_sum += self._step(batch, step, strategy, extra, self._observer(step, result.diagnostics))
         result.timings.update(
             step_ms_mean=train_s / max(last_eval, 1) * 1e3,
             step_ms_median=statistics.median(interval_ms) if interval_ms else math.nan,
@@ -137,14 +149,36 @@ class Trainer:
         )
         return result
 
-    def _step(self, batch: Batch, step: int, strategy: str, extra: Batch | None = None) -> Tensor:
-        """One optimisation step on ``batch`` (``extra``: the second batch of a two-batch method)."""
+    def _observer(self, step: int, rows: list[DiagnosticRow]) -> Callable[[Tensor], None] | None:
+        """On every ``diagnostics_every``-th step, what appends the per-task gradients' diagnostics
+        to ``rows``; ``None`` (nothing computed) on the other steps or when diagnostics are off."""
+        every = self.spec.train.diagnostics_every
+        if not every or step % every:
+            return None
+
+        def observe(grads: Tensor) -> None:
+            rows.extend(DiagnosticRow(step, k, v) for k, v in gradient_diagnostics(grads).items())
+
+        return observe
+
+    def _step(
+        self,
+        batch: Batch,
+        step: int,
+        strategy: str,
+        extra: Batch | None = None,
+        observe: Callable[[Tensor], None] | None = None,
+    ) -> Tensor:
+        """One optimisation step on ``batch`` (``extra``: the second batch of a two-batch method;
+        ``observe``: handed the per-task gradients, see :func:`benchmark.gradients.backward_step`)."""
         self.optimizer.zero_grad(set_to_none=True)
         if self.method_optimizer is not None:
             self.method_optimizer.zero_grad(set_to_none=True)
         epoch = step // self.steps_per_epoch
         ctx = StepContext(step=step, generator=self.method_generator, level=self.level, epoch=epoch)
-        losses = backward_step(self.model, self.task, batch, self.method, ctx, strategy, extra)
+        losses = backward_step(
+            self.model, self.task, batch, self.method, ctx, strategy, extra, observe=observe
+        )
         if self.grad_scale is not None and not self.grad_scale.update(self.model.shared_parameters()):
             return losses  # fp16 overflow: the step is skipped, as GradScaler does
         if self.spec.train.clip_grad_norm is not None:

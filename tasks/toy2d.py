@@ -283,8 +283,8 @@ class Toy2D(Task):
         return [
             Metric("loss1", False, "L1 as trained (x 0.1 in the nashmtl variant)"),
             Metric("loss2", False, "L2"),
-            Metric("pareto_gap", False, "additive epsilon-indicator to the Pareto front, normalised"),
-            Metric("on_front", True, f"1 when pareto_gap <= {FRONT_TOLERANCE}"),
+            Metric("pareto_gap", False, "additive epsilon-indicator to the Pareto front, normalised", 0.0),
+            Metric("on_front", True, f"1 when pareto_gap <= {FRONT_TOLERANCE}", low=0.0, high=1.0),
         ]
 
     @torch.no_grad()

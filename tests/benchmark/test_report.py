@@ -124,10 +124,10 @@ def test_report_tables_plots_and_failures(store: ResultsStore, tmp_path: Path) -
     assert "LS: 1 of 2 runs ended on the Pareto front" in markdown
 
     images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", markdown)
-    assert sum("landscape" in name for name in images) == 1
-    assert sum("step_time" in name for name in images) == 2
+    assert sum("landscape" in name for name in images) == sum("loss_space" in name for name in images) == 1
+    assert sum("step_time" in name for name in images) == sum("curves" in name for name in images) == 2
     assert all((tmp_path / "report" / name).is_file() for name in images)
-    assert html.count('src="data:image/png;base64,') == len(images) == 5
+    assert html.count('src="data:image/png;base64,') == len(images) == 8
     assert "<style>" in html and "<table>" in html
 
 
@@ -170,6 +170,7 @@ def test_tuned_runs_are_reported_under_their_method_with_budgets(tmp_path: Path)
             store.save(classifier_run(label, seed, acc + seed / 100, 0.5))
     write_report(store, "suite", tmp_path / "report")
     markdown = (tmp_path / "report" / "index.md").read_text()
-    assert "| pcgrad | 2 |" in markdown and "pcgrad[lr" not in markdown.split("<details>")[0]
+    results = markdown.split("## Results")[1]  # the Setup section above lists every configuration
+    assert "| pcgrad | 2 |" in results and "pcgrad[lr" not in results.split("<details>")[0]
     assert "Unequal tuning budgets (configurations per method: ew 1, pcgrad 2)" in markdown
     assert "| pcgrad | lr=0.1 | 0.9 | ✓ |" in markdown  # all validation scores tie at 0.9: the first
