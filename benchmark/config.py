@@ -84,6 +84,7 @@ TRAIN_BOUNDS = {
     "clip_grad_norm": (0, False),
     "method_lr": (0, False),
     "eval_every": (1, True),
+    "checkpoint_every": (0, True),
 }
 
 

@@ -69,7 +69,12 @@ device): such fields stay out of :meth:`RunSpec.config_hash`."""
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """How one run trains. Tasks supply their own defaults (``Task.train_defaults``)."""
+    """How one run trains. Tasks supply their own defaults (``Task.train_defaults``).
+
+    ``checkpoint_every``: steps between a run's checkpoints (:mod:`benchmark.checkpoint`); ``None``
+    (default) checkpoints at an evaluation once 30 s have passed since the run started or last
+    checkpointed, ``0`` never. Like ``device`` it does not change what a run computes.
+    """
 
     steps: int = 1000
     batch_size: int | None = None
@@ -87,6 +92,7 @@ class TrainSpec:
     level: str | None = None
     jacobian: str = "auto"
     device: str = field(default="cpu", metadata=NOT_IDENTITY)
+    checkpoint_every: int | None = field(default=None, metadata=NOT_IDENTITY)
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 An executor (:data:`EXECUTORS`: ``serial``, ``processes``) takes the pending runs and yields their
 results as they finish. Each result is saved at once, in one transaction, so an interrupted sweep
-resumes where it stopped. A failing run is stored as ``failed`` and the sweep goes on; a worker process
-that dies is recorded as a failure of the run it held. Runs carry their plugin files
-(``RunSpec.plugins``), which every worker loads before building the run.
+resumes where it stopped; inside a run, checkpoints under ``checkpoints/`` beside the store let an
+interrupted run continue from its last one (:mod:`benchmark.checkpoint`). A failing run is stored as
+``failed`` and the sweep goes on; a worker process that dies is recorded as a failure of the run it
+held. Runs carry their plugin files (``RunSpec.plugins``), which every worker loads before building
+the run.
 """
 
 from __future__ import annotations
@@ -17,16 +19,17 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from benchmark import trainer
+from benchmark import checkpoint, trainer
 from benchmark.config import Suite
 from benchmark.errors import UserError
 from benchmark.registry import Registry
 from benchmark.specs import RunSpec
-from benchmark.store import ResultsStore
+from benchmark.store import FINISHED, ResultsStore
 from benchmark.trainer import RunResult
 
 log = logging.getLogger(__name__)
@@ -35,14 +38,18 @@ log = logging.getLogger(__name__)
 class Executor(ABC):
     """Runs specs somewhere and yields their results in completion order.
 
-    On an interrupt (Ctrl-C) it stops starting runs; what was yielded is already stored.
+    On an interrupt (Ctrl-C) it stops starting runs; what was yielded is already stored. Runs
+    checkpoint in, and resume from, ``checkpoint_dir`` (none: no checkpoints).
     """
 
     name: str
 
-    def __init__(self, workers: int | None = None, progress: bool = True) -> None:
+    def __init__(
+        self, workers: int | None = None, progress: bool = True, checkpoint_dir: Path | None = None
+    ) -> None:
         self.workers = workers or default_workers()
         self.progress = progress
+        self.checkpoint_dir = checkpoint_dir
 
     @abstractmethod
     def run(self, specs: Sequence[RunSpec]) -> Iterator[RunResult]:
@@ -67,18 +74,27 @@ def run_suite(
     progress: bool = True,
 ) -> Counter[str]:
     """Run every pending run of ``suite`` with the named executor and save each result; returns the
-    count of each status."""
-    runner = EXECUTORS.create(executor, workers, progress)
+    count of each status. A run's checkpoint is removed once it is stored as finished (a failed run
+    keeps it, so that the next sweep resumes it)."""
+    checkpoints = checkpoint_folder(store)
+    runner = EXECUTORS.create(executor, workers, progress, checkpoints)
     todo = pending_runs(suite, store, rerun)
     log.info("suite %s: %d runs, %d to run", suite.name, len(suite.runs), len(todo))
     statuses: Counter[str] = Counter()
     results = runner.run(todo)
     for result in tqdm(results, total=len(todo), desc=suite.name, disable=not progress or not todo):
         store.save(result)
+        if result.status in FINISHED:
+            checkpoint.remove(checkpoints, result.spec)
         statuses[result.status] += 1
         if result.status != "ok":
             log.warning("%s: %s", result.spec.title, result.status)
     return statuses
+
+
+def checkpoint_folder(store: ResultsStore) -> Path:
+    """Where the runs of ``store`` checkpoint: ``checkpoints/`` beside it."""
+    return store.path.parent / "checkpoints"
 
 
 def default_workers() -> int:
@@ -109,7 +125,7 @@ class SerialExecutor(Executor):
     def run(self, specs: Sequence[RunSpec]) -> Iterator[RunResult]:
         check_devices(specs)
         for spec in specs:
-            yield trainer.run(spec, self.progress)
+            yield trainer.run(spec, self.progress, self.checkpoint_dir)
 
 
 @EXECUTORS.register("processes")
@@ -124,7 +140,9 @@ class ProcessExecutor(Executor):
         context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(self.workers, context, initializer=_one_thread)
         try:
-            futures: dict[Future[RunResult], RunSpec] = {pool.submit(trainer.run, s): s for s in specs}
+            futures: dict[Future[RunResult], RunSpec] = {
+                pool.submit(trainer.run, s, False, self.checkpoint_dir): s for s in specs
+            }
             for future in as_completed(futures):
                 try:
                     yield future.result()
