@@ -121,6 +121,7 @@ TRAIN_BOUNDS = {
     "method_lr": (0, False),
     "eval_every": (1, True),
     "diagnostics_every": (0, True),
+    "checkpoint_every": (0, True),
 }
 
 

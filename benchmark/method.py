@@ -20,6 +20,7 @@ their optimizer.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -99,6 +100,11 @@ class Method(nn.Module):
         deterministic: the update depends on the gradients, losses and step alone: never on
             ``ctx.generator`` or any other random draw (a run of a deterministic method on a deterministic
             task is trained once whatever the seeds; the shared property tests check the claim).
+        state_attributes: the attributes the method changes from one step to the next besides its
+            parameters and buffers (counters, loss histories, tracked gradients: numbers, tensors,
+            lists and tuples of them, or ``None``). They are part of its ``state_dict`` (through
+            :meth:`get_extra_state`), so that a checkpointed run resumes exactly; the tests check that
+            no other attribute changes.
 
     Properties a method claims, checked for it by the shared property tests:
         permutation_invariant: permuting the tasks (gradients and losses) leaves the update unchanged.
@@ -115,6 +121,7 @@ class Method(nn.Module):
     needs_losses_after_step: ClassVar[bool] = False
     default_method_lr: ClassVar[float | None] = None
     deterministic: ClassVar[bool] = False
+    state_attributes: ClassVar[tuple[str, ...]] = ()
     permutation_invariant: ClassVar[bool] = False
     linear_under_scaling: ClassVar[bool] = False
     non_conflicting: ClassVar[bool] = False
@@ -139,6 +146,21 @@ class Method(nn.Module):
         """Loss weights ``[T]``; loss-weighting methods override this (see :class:`WeightingMethod`),
         and overriding it is what makes the engine take one backward (:attr:`needs_grads`)."""
         return None
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The :attr:`state_attributes` by name, saved with the ``state_dict``."""
+        return {name: getattr(self, name) for name in self.state_attributes}
+
+    def set_extra_state(self, state: Any) -> None:
+        """Restore the :attr:`state_attributes` from :meth:`get_extra_state`'s dict (copied, so that
+        in-place updates never reach the source)."""
+        expected = set(self.state_attributes)
+        if not isinstance(state, dict) or set(state) != expected:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            name = self.name or type(self).__name__
+            raise ValueError(f"{name}: extra state {got}, expected the attributes {sorted(expected)}")
+        for name in self.state_attributes:
+            setattr(self, name, copy.deepcopy(state[name]))
 
     def check_level(self, level: str) -> None:
         """Raise ``ValueError`` if this method, with its hyperparameters, is undefined at ``level``

@@ -55,11 +55,17 @@ def resources(spec: RunSpec) -> dict[str, float]:
 
 
 def run_on_ray(
-    specs: Sequence[RunSpec], workers: int, address: str | None, max_retries: int
+    specs: Sequence[RunSpec],
+    workers: int,
+    address: str | None,
+    max_retries: int,
+    checkpoint_dir: Path | None = None,
 ) -> Iterator[RunResult]:
     """The result of every spec, in completion order. Without ``address`` a local Ray with
     ``workers`` CPUs is started (and stopped at the end); on an interrupt the pending tasks are
-    cancelled."""
+    cancelled. Runs checkpoint in ``checkpoint_dir`` on the machine of the worker that trains them
+    (on a cluster, a folder every node can write: a run resumes from it on any node only if the folder
+    is shared)."""
     ray = import_ray()
     with tempfile.TemporaryDirectory(prefix="gsb_ray_") as folder:
         shipped, modules = ship_plugins(specs, Path(folder))
@@ -70,7 +76,7 @@ def run_on_ray(
             remote = ray.remote(train_in_worker)
             for spec in specs:
                 options = remote.options(max_retries=max_retries, **resources(spec))
-                pending[options.remote(shipped(spec))] = spec
+                pending[options.remote(shipped(spec), checkpoint_dir)] = spec
             while pending:
                 (ref,), _ = ray.wait(list(pending), num_returns=1)
                 yield collect(ray, ref, pending.pop(ref), max_retries)
@@ -132,13 +138,14 @@ def check_capacity(specs: Sequence[RunSpec], cluster: dict[str, float]) -> None:
                 )
 
 
-def train_in_worker(spec: RunSpec) -> RunResult:
+def train_in_worker(spec: RunSpec, checkpoint_dir: Path | None = None) -> RunResult:
     """Ray task body: check the device here, resolve the shipped plugins, train."""
     from benchmark import sweep, trainer  # the worker imports what the driver's modules import
 
     torch.set_num_threads(max(1, math.floor(resources(spec)["num_cpus"])))
     sweep.check_devices([spec])
-    return trainer.run(dataclasses.replace(spec, plugins=tuple(map(_worker_path, spec.plugins))))
+    spec = dataclasses.replace(spec, plugins=tuple(map(_worker_path, spec.plugins)))
+    return trainer.run(spec, checkpoint_dir=checkpoint_dir)
 
 
 def _worker_path(plugin: str) -> str:

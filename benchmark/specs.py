@@ -90,6 +90,10 @@ class TrainSpec:
     trunk's forward and backward in bfloat16 or float16, :mod:`benchmark.amp`).
 
     ``diagnostics_every``: log :mod:`benchmark.diagnostics` every that many steps (0: never).
+
+    ``checkpoint_every``: steps between a run's checkpoints (:mod:`benchmark.checkpoint`); ``None``
+    (default) checkpoints at an evaluation once 30 s have passed since the run started or last
+    checkpointed, ``0`` never. Like ``device`` it does not change what a run computes.
     """
 
     steps: int = 1000
@@ -112,6 +116,7 @@ class TrainSpec:
     amp: str | None = None
     diagnostics_every: int = 0
     device: str = field(default="cpu", metadata=NOT_IDENTITY)
+    checkpoint_every: int | None = field(default=None, metadata=NOT_IDENTITY)
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 An executor (:data:`EXECUTORS`: ``serial``, ``processes``, ``ray``) takes the pending runs and yields
 their results as they finish. Each result is saved at once, in one transaction, so an interrupted
-sweep resumes where it stopped. A failing run is stored as ``failed`` and the sweep goes on; a worker
-process that dies is recorded as a failure of the run it held. Runs carry their plugin files
-(``RunSpec.plugins``), which every worker loads before building the run.
+sweep resumes where it stopped; inside a run, checkpoints under ``checkpoints/`` beside the store let
+an interrupted run continue from its last one (:mod:`benchmark.checkpoint`). A failing run is stored
+as ``failed`` and the sweep goes on; a worker process that dies is recorded as a failure of the run it
+held. Runs carry their plugin files (``RunSpec.plugins``), which every worker loads before building
+the run.
 
 Before training, the sweep claims its pending runs in the store (:meth:`ResultsStore.claim`) and
 keeps the claims alive from a heartbeat thread, so that two sweeps on one store never train one
@@ -23,17 +25,18 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from benchmark import ray_executor, trainer
+from benchmark import checkpoint, ray_executor, trainer
 from benchmark.config import Suite
 from benchmark.errors import UserError
 from benchmark.registry import Registry
 from benchmark.specs import RunSpec
-from benchmark.store import Owner, ResultsStore
+from benchmark.store import FINISHED, Owner, ResultsStore
 from benchmark.trainer import RunResult
 
 log = logging.getLogger(__name__)
@@ -49,14 +52,18 @@ PARENT_POLL = 0.5
 class Executor(ABC):
     """Runs specs somewhere and yields their results in completion order.
 
-    On an interrupt (Ctrl-C) it stops starting runs; what was yielded is already stored.
+    On an interrupt (Ctrl-C) it stops starting runs; what was yielded is already stored. Runs
+    checkpoint in, and resume from, ``checkpoint_dir`` (none: no checkpoints).
     """
 
     name: str
 
-    def __init__(self, workers: int | None = None, progress: bool = True) -> None:
+    def __init__(
+        self, workers: int | None = None, progress: bool = True, checkpoint_dir: Path | None = None
+    ) -> None:
         self.workers = workers or default_workers()
         self.progress = progress
+        self.checkpoint_dir = checkpoint_dir
 
     @abstractmethod
     def run(self, specs: Sequence[RunSpec]) -> Iterator[RunResult]:
@@ -82,8 +89,10 @@ def run_suite(
     options: Mapping[str, Any] | None = None,
 ) -> Counter[str]:
     """Run every pending run of ``suite`` with the named executor (built with ``options``, e.g. Ray's
-    ``address``) and save each result; returns the count of each status."""
-    runner = EXECUTORS.create(executor, workers, progress, **(options or {}))
+    ``address``) and save each result; returns the count of each status. A run's checkpoint is removed
+    once it is stored as finished (a failed run keeps it, so that the next sweep resumes it)."""
+    checkpoints = checkpoint_folder(store)
+    runner = EXECUTORS.create(executor, workers, progress, checkpoints, **(options or {}))
     todo = pending_runs(suite, store, rerun)
     log.info("suite %s: %d runs, %d to run", suite.name, len(suite.runs), len(todo))
     statuses: Counter[str] = Counter()
@@ -93,10 +102,17 @@ def run_suite(
         results = runner.run(mine)
         for result in tqdm(results, total=len(mine), desc=suite.name, disable=not progress or not mine):
             store.save(result)
+            if result.status in FINISHED:
+                checkpoint.remove(checkpoints, result.spec)
             statuses[result.status] += 1
             if result.status != "ok":
                 log.warning("%s: %s", result.spec.title, result.status)
     return statuses
+
+
+def checkpoint_folder(store: ResultsStore) -> Path:
+    """Where the runs of ``store`` checkpoint: ``checkpoints/`` beside it."""
+    return store.path.parent / "checkpoints"
 
 
 @contextmanager
@@ -149,7 +165,7 @@ class SerialExecutor(Executor):
     def run(self, specs: Sequence[RunSpec]) -> Iterator[RunResult]:
         check_devices(specs)
         for spec in specs:
-            yield trainer.run(spec, self.progress)
+            yield trainer.run(spec, self.progress, self.checkpoint_dir)
 
 
 @EXECUTORS.register("processes")
@@ -164,7 +180,9 @@ class ProcessExecutor(Executor):
         context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(self.workers, context, initializer=_start_worker, initargs=(os.getpid(),))
         try:
-            futures: dict[Future[RunResult], RunSpec] = {pool.submit(trainer.run, s): s for s in specs}
+            futures: dict[Future[RunResult], RunSpec] = {
+                pool.submit(trainer.run, s, False, self.checkpoint_dir): s for s in specs
+            }
             for future in as_completed(futures):
                 try:
                     yield future.result()
@@ -199,14 +217,16 @@ class RayExecutor(Executor):
         self,
         workers: int | None = None,
         progress: bool = True,
+        checkpoint_dir: Path | None = None,
         address: str | None = None,
         max_retries: int = 2,
     ) -> None:
-        super().__init__(workers, progress)
+        super().__init__(workers, progress, checkpoint_dir)
         self.address = address
         self.max_retries = max_retries
 
     def run(self, specs: Sequence[RunSpec]) -> Iterator[RunResult]:
         if not specs:
             return iter(())
-        return ray_executor.run_on_ray(specs, self.workers, self.address, self.max_retries)
+        options = (self.address, self.max_retries, self.checkpoint_dir)
+        return ray_executor.run_on_ray(specs, self.workers, *options)

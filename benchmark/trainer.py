@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -9,14 +10,17 @@ import random
 import statistics
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from benchmark import checkpoint
 from benchmark.diagnostics import gradient_diagnostics
 from benchmark.gradients import backward_step, choose_strategy, jacobian, side_effect_free
 from benchmark.method import StepContext, build_method
@@ -60,11 +64,42 @@ class RunResult:
     diagnostics: list[DiagnosticRow] = field(default_factory=list)
 
 
-def run(spec: RunSpec, progress: bool = False) -> RunResult:
-    """Train one run. Never raises: an exception is recorded as a ``failed`` result with its traceback."""
+@dataclass
+class Progress:
+    """Where a run stands between two steps, besides its model, optimisers and RNGs: what a checkpoint
+    saves to resume the loop (:meth:`Trainer.train`)."""
+
+    step: int = 0  # the next step to train
+    batches: int = 0  # batches the steps so far drew from the training stream
+    strategy: str | None = None  # the param-level Jacobian strategy, once chosen
+    metrics: list[MetricRow] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    loss_sum: Tensor | None = None  # summed train losses since the last evaluation, [T]
+    last_eval: int = 0
+    train_s: float = 0.0
+    eval_s: float = 0.0
+    interval_ms: list[float] = field(default_factory=list)
+    diagnostics: list[DiagnosticRow] = field(default_factory=list)
+
+    def to_state(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # metric rows become dicts: tensors and plain values only
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Progress:
+        rows = {"metrics": [MetricRow(**r) for r in state["metrics"]]}
+        rows["diagnostics"] = [DiagnosticRow(**r) for r in state.get("diagnostics", [])]
+        return cls(**{**state, **rows})
+
+
+def run(spec: RunSpec, progress: bool = False, checkpoint_dir: str | Path | None = None) -> RunResult:
+    """Train one run. Never raises: an exception is recorded as a ``failed`` result with its traceback.
+
+    With ``checkpoint_dir`` the run checkpoints there (``TrainSpec.checkpoint_every``) and, if that
+    folder holds a usable checkpoint of the same run, resumes from it (:mod:`benchmark.checkpoint`).
+    """
     started = time.time()
     try:
-        result = Trainer(spec).train(progress)
+        result = resume_or_start(spec, checkpoint_dir).train(progress)
     except Exception:  # a failing run is a result, it must not take the sweep down
         log.exception("run failed: %s", spec.title)
         result = RunResult(spec, "failed", error=traceback.format_exc())
@@ -72,10 +107,28 @@ def run(spec: RunSpec, progress: bool = False) -> RunResult:
     return result
 
 
-class Trainer:
-    """Builds a run's task, model, method and optimizers; :meth:`train` runs it."""
+def resume_or_start(spec: RunSpec, checkpoint_dir: str | Path | None = None) -> Trainer:
+    """The run's trainer, at its checkpoint in ``checkpoint_dir`` when there is a usable one; a
+    checkpoint that does not fit the run is ignored with a warning (the run starts from step 0)."""
+    trainer = Trainer(spec, checkpoint_dir)
+    state = None if checkpoint_dir is None else checkpoint.load(trainer.checkpoint_path, spec)
+    if state is None:
+        return trainer
+    try:
+        trainer.restore(state)
+    except Exception as err:  # a checkpoint of this config and code that still does not fit: corrupt
+        where = trainer.checkpoint_path
+        log.warning("%s: checkpoint ignored, %s starts from step 0: %s", where, spec.title, err)
+        return Trainer(spec, checkpoint_dir)
+    log.info("%s: resumed at step %d", spec.title, trainer.progress.step)
+    return trainer
 
-    def __init__(self, spec: RunSpec) -> None:
+
+class Trainer:
+    """Builds a run's task, model, method and optimizers; :meth:`train` runs it, from step 0 or from
+    where :meth:`restore` put it. With ``checkpoint_dir`` it checkpoints there."""
+
+    def __init__(self, spec: RunSpec, checkpoint_dir: str | Path | None = None) -> None:
         for plugin in spec.plugins:
             load_plugin(plugin)
         self.spec = spec
@@ -99,6 +152,10 @@ class Trainer:
         self.method_optimizer = make_optimizer(method_params, cfg, self.method_lr) if method_params else None
         self.data_generator = torch.Generator().manual_seed(spec.seed)
         self.method_generator = torch.Generator(self.device).manual_seed(spec.seed)
+        self.stream = self.task.train_batches(cfg.batch_size, self.data_generator)  # lazy: draws nothing yet
+        self.progress = Progress()
+        self.checkpoint_path = None if checkpoint_dir is None else checkpoint.path_for(checkpoint_dir, spec)
+        self.schedule = checkpoint.Schedule(0 if checkpoint_dir is None else cfg.checkpoint_every, cfg.steps)
 
     @property
     def method_lr(self) -> float:
@@ -108,46 +165,104 @@ class Trainer:
 
     def train(self, progress: bool = False) -> RunResult:
         cfg = self.spec.train
-        result = RunResult(self.spec, "ok", info=self.task.info(self.method.deterministic))
-        batches = (b.to(self.device) for b in self.task.train_batches(cfg.batch_size, self.data_generator))
-        first = next(batches)
-        batches = itertools.chain([first], batches)
-        needs_jacobian = self.method.needs_grads and self.level == "param"  # else no strategy is used
-        strategy = self._strategy(first, result.timings) if needs_jacobian else "loop"
-        loss_sum = torch.zeros(self.task.num_tasks, device=self.device)
-        train_s = eval_s = 0.0
-        interval_ms: list[float] = []
-        last_eval, tick = 0, time.perf_counter()
-        for step in tqdm(range(cfg.steps + 1), desc=self.spec.title, disable=not progress, leave=False):
-            if step % cfg.eval_every == 0 or step == cfg.steps:
+        state = self.progress
+        info = self.task.info(self.method.deterministic)
+        result = RunResult(
+            self.spec, "ok", state.metrics, state.timings, info=info, diagnostics=state.diagnostics
+        )
+        batches: Iterator[Batch] = (b.to(self.device) for b in self.stream)
+        if state.strategy is None:
+            first = next(batches)
+            batches = itertools.chain([first], batches)
+            needs_jacobian = self.method.needs_grads and self.level == "param"  # else no strategy is used
+            state.strategy = self._strategy(first, result.timings) if needs_jacobian else "loop"
+        if state.loss_sum is None:
+            state.loss_sum = torch.zeros(self.task.num_tasks, device=self.device)
+        resumed_at = state.step if state.step > 0 else None  # its evaluation is in the checkpoint
+        tick = time.perf_counter()
+        steps = range(state.step, cfg.steps + 1)
+        for step in tqdm(steps, desc=self.spec.title, disable=not progress, leave=False, initial=state.step):
+            evaluated = step != resumed_at and (step % cfg.eval_every == 0 or step == cfg.steps)
+            if evaluated:
                 self._sync()
                 now = time.perf_counter()
                 rows = []
-                if step > last_eval:
-                    train_s += now - tick
-                    interval_ms.append((now - tick) / (step - last_eval) * 1e3)
-                    rows += self._loss_rows(step, loss_sum / (step - last_eval))
-                    loss_sum.zero_()
+                if step > state.last_eval:
+                    state.train_s += now - tick
+                    state.interval_ms.append((now - tick) / (step - state.last_eval) * 1e3)
+                    rows += self._loss_rows(step, state.loss_sum / (step - state.last_eval))
+                    state.loss_sum.zero_()
                 rows += self._evaluate(step)
-                result.metrics += rows
-                last_eval, tick = step, time.perf_counter()
-                eval_s += tick - now
+                state.metrics += rows
+                state.last_eval, tick = step, time.perf_counter()
+                state.eval_s += tick - now
                 reason = self._divergence(rows)
                 if reason is not None:
                     result.status, result.error = "diverged", f"step {step}: {reason}"
                     break
+            if step != resumed_at and self.schedule.due(step, evaluated):
+                tick += self._save_checkpoint(step)  # not training time
             if step == cfg.steps:
                 break
             batch = next(batches)
             extra = next(batches) if self.two_batches else None
-            loss_sum += self._step(batch, step, strategy, extra, self._observer(step, result.diagnostics))
+            state.batches += 1 if extra is None else 2
+            observe = self._observer(step, state.diagnostics)
+            state.loss_sum += self._step(batch, step, state.strategy, extra, observe)
         result.timings.update(
-            step_ms_mean=train_s / max(last_eval, 1) * 1e3,
-            step_ms_median=statistics.median(interval_ms) if interval_ms else math.nan,
-            train_s=train_s,
-            eval_s=eval_s,
+            step_ms_mean=state.train_s / max(state.last_eval, 1) * 1e3,
+            step_ms_median=statistics.median(state.interval_ms) if state.interval_ms else math.nan,
+            train_s=state.train_s,
+            eval_s=state.eval_s,
         )
         return result
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything the run needs to continue exactly from :attr:`progress` (a checkpoint)."""
+        return {
+            **checkpoint.header(self.spec),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "method": self.method.state_dict(),
+            "method_optimizer": None if self.method_optimizer is None else self.method_optimizer.state_dict(),
+            "rng": checkpoint.rng_states(self.data_generator, self.method_generator),
+            "progress": self.progress.to_state(),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`checkpoint_state` of this run: the state dicts are loaded, the training
+        stream is drawn again up to where the run was (it must then stand where the checkpoint says,
+        else :class:`~benchmark.checkpoint.CheckpointError`) and every RNG is set as it was."""
+        progress = Progress.from_state(state["progress"])
+        for _ in range(progress.batches):  # the stream's position: the same draws, from the same seed
+            next(self.stream)
+        if not torch.equal(self.data_generator.get_state(), state["rng"]["data"].cpu()):
+            raise checkpoint.CheckpointError(
+                f"the training stream of task {self.task.name!r} does not replay from its generator"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.method.load_state_dict(state["method"])
+        if (self.method_optimizer is None) != (state["method_optimizer"] is None):
+            raise checkpoint.CheckpointError("the method's optimiser does not match")
+        if self.method_optimizer is not None:
+            self.method_optimizer.load_state_dict(state["method_optimizer"])
+        checkpoint.set_rng_states(state["rng"], self.data_generator, self.method_generator)
+        progress.timings["resumed_step"] = progress.step
+        self.progress = progress
+
+    def _save_checkpoint(self, step: int) -> float:
+        """Checkpoint before training ``step``; returns the seconds it took (also in ``checkpoint_s``)."""
+        start = time.perf_counter()
+        self.progress.step = step
+        checkpoint.save(self.checkpoint_state(), self.checkpoint_path)
+        self.schedule.written()
+        elapsed = time.perf_counter() - start
+        timings = self.progress.timings
+        timings["checkpoint_s"] = timings.get("checkpoint_s", 0.0) + elapsed
+        return elapsed
 
     def _observer(self, step: int, rows: list[DiagnosticRow]) -> Callable[[Tensor], None] | None:
         """On every ``diagnostics_every``-th step, what appends the per-task gradients' diagnostics

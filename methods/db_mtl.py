@@ -62,6 +62,7 @@ class DBMTL(Method):
     deterministic = True
     permutation_invariant = True
     linear_under_scaling = True
+    state_attributes = ("steps", "average")
 
     def __init__(self, num_tasks: int, beta: float = 0.9, beta_sigma: float = 0.0) -> None:
         super().__init__(num_tasks)

@@ -35,6 +35,7 @@ class DynamicWeightAverage(WeightingMethod):
     deterministic = True
     permutation_invariant = True
     linear_under_scaling = True
+    state_attributes = ("epoch", "loss_sum", "count", "history")
 
     def __init__(self, num_tasks: int, temperature: float = 2.0) -> None:
         super().__init__(num_tasks)

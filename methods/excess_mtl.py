@@ -58,6 +58,7 @@ class ExcessMTL(WeightedMethod):
     level = "param"
     deterministic = True
     permutation_invariant = True
+    state_attributes = ("state",)
 
     def __init__(self, num_tasks: int, robust_step_size: float = 1e-2) -> None:
         super().__init__(num_tasks)

@@ -45,6 +45,7 @@ class FAMO(WeightingMethod):
     default_method_lr = 0.025
     permutation_invariant = True
     linear_under_scaling = True
+    state_attributes = ("prev_losses",)
 
     def __init__(
         self, num_tasks: int, gamma: float = 1e-3, min_losses: float | list[float] = 0.0, eps: float = 1e-8

@@ -45,6 +45,7 @@ class GradNorm(WeightedMethod):
     deterministic = True
     permutation_invariant = True
     linear_under_scaling = True
+    state_attributes = ("initial_losses",)
 
     def __init__(self, num_tasks: int, alpha: float = 1.5) -> None:
         super().__init__(num_tasks)

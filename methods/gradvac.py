@@ -91,6 +91,7 @@ class GradVac(GramianMethod):
     description = "Lift each pair's gradient cosine to an EMA target (PCGrad generalised), random order"
     citation = "Wang et al. 2021, ICLR"
     level = "param"
+    state_attributes = ("targets",)
 
     def __init__(self, num_tasks: int, beta: float = 0.5, eps: float = 1e-8) -> None:
         super().__init__(num_tasks)

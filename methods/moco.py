@@ -48,6 +48,7 @@ class MoCo(Method):
     citation = "Fernando et al. 2023, ICLR"
     level = "param"
     deterministic = True
+    state_attributes = ("step", "rows", "magnitude", "lambd")
 
     def __init__(
         self,

@@ -42,6 +42,7 @@ class MoDo(TwoBatchMethod):
     citation = "Chen et al. 2023, NeurIPS"
     level = "param"
     deterministic = True
+    state_attributes = ("lambd",)
 
     def __init__(self, num_tasks: int, gamma: float = 0.1, rho: float = 0.1) -> None:
         super().__init__(num_tasks)

@@ -45,6 +45,7 @@ class NashMTL(GramianMethod):
     level = "param"
     deterministic = True
     permutation_invariant = True
+    state_attributes = ("calls", "alpha")
 
     def __init__(
         self, num_tasks: int, max_norm: float = 1.0, update_weights_every: int = 1, optim_niter: int = 20

@@ -62,6 +62,7 @@ class SDMGrad(TwoBatchMethod):
     citation = "Xiao et al. 2023, NeurIPS"
     level = "param"
     deterministic = True
+    state_attributes = ("w",)
 
     def __init__(
         self, num_tasks: int, lamda: float = 0.3, niter: int = 20, lr: float = 10.0, momentum: float = 0.5

@@ -38,6 +38,7 @@ class SmoothTchebycheff(WeightingMethod):
     deterministic = True
     permutation_invariant = True
     linear_under_scaling = True
+    state_attributes = ("loss_sum", "count", "nadir")
 
     def __init__(self, num_tasks: int, mu: float = 1.0, warmup_epoch: int = 4) -> None:
         super().__init__(num_tasks)
