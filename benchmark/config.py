@@ -84,6 +84,7 @@ TRAIN_BOUNDS = {
     "clip_grad_norm": (0, False),
     "method_lr": (0, False),
     "eval_every": (1, True),
+    "distributed": (1, True),
 }
 
 
@@ -245,6 +246,7 @@ def _task_runs(
                 merged = {**defaults, **shared.train, **entry["train"], **method_entry["train"]}
                 train = TrainSpec(**{**merged, **shared.overrides})
                 _check_level(method, train.level or method.level, m_key, fail)
+                _check_distributed(train, m_key, fail)
                 root = None if data_root is None else str(data_root)
                 seeds = shared.seeds[:1] if task.deterministic and method.deterministic else shared.seeds
                 runs += [
@@ -455,6 +457,17 @@ def _check_level(method: Method, level: str, key: str, fail: Fail) -> None:
         method.check_level(level)
     except ValueError as err:
         fail(f"{key}.train.level", f"{level!r}: {err}")
+
+
+def _check_distributed(train: TrainSpec, key: str, fail: Fail) -> None:
+    """Data-parallel processes take equal shards of every batch: the batch size must divide by them
+    (``None``, the whole split or a task without data rows, cannot be checked and is refused)."""
+    if train.distributed > 1 and (train.batch_size is None or train.batch_size % train.distributed):
+        fail(
+            f"{key}.train.distributed",
+            f"{train.distributed} processes need a batch_size that divides by {train.distributed}, "
+            f"got batch_size {train.batch_size}",
+        )
 
 
 def _check_unique_labels(entries: list[tuple[str, dict[str, Any]]], fail: Fail) -> None:

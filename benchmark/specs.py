@@ -87,6 +87,10 @@ class TrainSpec:
     level: str | None = None
     jacobian: str = "auto"
     device: str = field(default="cpu", metadata=NOT_IDENTITY)
+    distributed: int = field(default=1, metadata=NOT_IDENTITY)
+    """Processes that train the run data-parallel (:mod:`benchmark.distributed`). Not part of a run's
+    identity: every method sees the whole batch's gradients, so the results equal the one-process
+    run's up to float rounding (summation order), as on another device."""
 
 
 @dataclass(frozen=True)

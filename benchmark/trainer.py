@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from benchmark.gradients import backward_step, choose_strategy, jacobian, side_effect_free
+from benchmark import distributed
+from benchmark.gradients import LOCAL, Reducer, backward_step, choose_strategy, jacobian, side_effect_free
 from benchmark.method import StepContext, build_method
 from benchmark.registry import load_plugin
 from benchmark.specs import RunSpec, TaskInfo, TrainSpec
@@ -52,7 +53,10 @@ def run(spec: RunSpec, progress: bool = False) -> RunResult:
     """Train one run. Never raises: an exception is recorded as a ``failed`` result with its traceback."""
     started = time.time()
     try:
-        result = Trainer(spec).train(progress)
+        if spec.train.distributed > 1:
+            result = distributed.launch(spec, train_process, progress)
+        else:
+            result = Trainer(spec).train(progress)
     except Exception:  # a failing run is a result, it must not take the sweep down
         log.exception("run failed: %s", spec.title)
         result = RunResult(spec, "failed", error=traceback.format_exc())
@@ -60,10 +64,16 @@ def run(spec: RunSpec, progress: bool = False) -> RunResult:
     return result
 
 
-class Trainer:
-    """Builds a run's task, model, method and optimizers; :meth:`train` runs it."""
+def train_process(spec: RunSpec, reducer: Reducer, progress: bool = False) -> RunResult:
+    """One process's part of a data-parallel run (:func:`benchmark.distributed.launch`)."""
+    return Trainer(spec, reducer).train(progress)
 
-    def __init__(self, spec: RunSpec) -> None:
+
+class Trainer:
+    """Builds a run's task, model, method and optimizers; :meth:`train` runs it. ``reducer``: this
+    process's part in a data-parallel run (:mod:`benchmark.distributed`); one process by default."""
+
+    def __init__(self, spec: RunSpec, reducer: Reducer = LOCAL) -> None:
         for plugin in spec.plugins:
             load_plugin(plugin)
         self.spec = spec
@@ -72,6 +82,9 @@ class Trainer:
         seed_everything(spec.seed)
         self.task = get_task(spec.task.name, spec.data_root, **spec.task.params)
         self.model = self.task.build_model().to(self.device)
+        if reducer is not LOCAL:
+            self.model = distributed.sync_batchnorm(self.model, self.device)
+        self.reducer = reducer
         self.method = build_method(spec.method, self.task.num_tasks).to(self.device)
         self.level = cfg.level or self.method.level
         self.steps_per_epoch = self.task.steps_per_epoch(cfg.batch_size)
@@ -141,7 +154,9 @@ class Trainer:
             self.method_optimizer.zero_grad(set_to_none=True)
         epoch = step // self.steps_per_epoch
         ctx = StepContext(step=step, generator=self.method_generator, level=self.level, epoch=epoch)
-        losses = backward_step(self.model, self.task, batch, self.method, ctx, strategy, extra)
+        losses = backward_step(
+            self.model, self.task, batch, self.method, ctx, strategy, extra, self.reducer
+        )
         if self.spec.train.clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.train.clip_grad_norm)
         self.optimizer.step()
