@@ -122,6 +122,7 @@ TRAIN_BOUNDS = {
     "eval_every": (1, True),
     "diagnostics_every": (0, True),
     "checkpoint_every": (0, True),
+    "distributed": (1, True),
 }
 
 
@@ -300,6 +301,7 @@ def _task_runs(
                 train = TrainSpec(**{**merged, **shared.overrides})
                 _check_level(method, train.level or method.level, m_key, fail)
                 _check_execution(train, task, key, fail)
+                _check_distributed(train, m_key, fail)
                 root = None if data_root is None else str(data_root)
                 seeds = shared.seeds[:1] if task.deterministic and method.deterministic else shared.seeds
                 resources = {**shared.resources, **entry["resources"], **method_entry["resources"]}
@@ -702,6 +704,15 @@ def _check_execution(train: TrainSpec, task: Task, key: str, fail: Fail) -> None
     device_type = torch.device(train.device).type
     if train.optimizer_impl == "fused" and device_type not in FUSED_DEVICE_TYPES:
         fail(f"{key}.train.optimizer_impl", f"'fused' has no kernels on device {train.device!r}")
+def _check_distributed(train: TrainSpec, key: str, fail: Fail) -> None:
+    """Data-parallel processes take equal shards of every batch: the batch size must divide by them
+    (``None``, the whole split or a task without data rows, cannot be checked and is refused)."""
+    if train.distributed > 1 and (train.batch_size is None or train.batch_size % train.distributed):
+        fail(
+            f"{key}.train.distributed",
+            f"{train.distributed} processes need a batch_size that divides by {train.distributed}, "
+            f"got batch_size {train.batch_size}",
+        )
 
 
 def _check_unique_labels(entries: list[tuple[str, dict[str, Any]]], fail: Fail) -> None:

@@ -13,10 +13,13 @@
      ``ctx.extra_grads``.
 
 2. **Reduce** (:class:`Reducer`): what one process computed becomes what the whole batch gives.
-   In one process it is the identity; a data-parallel reducer all-reduces the Jacobian and the
-   gradients computed locally (heads, the trunk at the feature level, loss-weighted backwards).
-3. **Combine**: ``method.combine(grads, ctx)`` under ``torch.no_grad()``.
-4. **Apply**: the update goes to the trunk's ``.grad`` (param level) or through the trunk (feature level).
+   In one process it is the identity; a data-parallel reducer (:mod:`benchmark.distributed`) gives
+   each process its shard of the batch, sums the processes' shares of the losses and the Jacobian,
+   gathers the feature-level gradients of every row, and sums the gradients computed locally (heads,
+   the trunk at the feature level, loss-weighted backwards).
+3. **Combine**: ``method.combine(grads, ctx)`` under ``torch.no_grad()``, on the whole batch's gradients.
+4. **Apply**: the update goes to the trunk's ``.grad`` (param level) or, this process's rows of it,
+   through the trunk (feature level).
 
 Loss-weighting methods (``Method.needs_grads`` false) skip 1-4: one backward of ``sum_i w_i L_i``,
 then the reducer's gradient step. Heads receive the gradient of the (summed, for gradient methods)
@@ -84,11 +87,38 @@ def _zeros_if_none(grad: Tensor | None, like: Tensor, shape: Sequence[int]) -> T
 
 class Reducer:
     """Stage 2 of the step: turns per-process gradients into whole-batch ones. This one is the
-    identity, for a run in one process; a data-parallel run plugs in one that all-reduces."""
+    identity, for a run in one process; a data-parallel run plugs in one that shards the batch and
+    communicates (:class:`benchmark.distributed.DataParallel`).
+
+    Every loss a process computes on its shard goes through :meth:`share` first, so that the gradients
+    it then computes are its exact part of the whole batch's: summing them over the processes gives the
+    single-process gradients.
+    """
+
+    def shard(self, batch: Batch) -> Batch:
+        """This process's rows of the whole ``batch``."""
+        return batch
+
+    def share(self, losses: Tensor, batch: Batch) -> Tensor:
+        """This process's share ``[T]`` of the whole ``batch``'s losses, from the ``losses`` of its
+        shard (differentiable)."""
+        return losses
+
+    def total(self, shares: Tensor) -> Tensor:
+        """The whole batch's value from this process's ``shares`` (losses): their sum over processes."""
+        return shares
 
     def jacobian(self, matrix: Tensor) -> Tensor:
         """The per-task gradients of the whole batch from this process's ``[T, P]`` Jacobian."""
         return matrix
+
+    def gather(self, rows: Tensor, dim: int) -> Tensor:
+        """Every process's rows (along ``dim``) of a per-row tensor, in batch order."""
+        return rows
+
+    def rows(self, whole: Tensor) -> Tensor:
+        """This process's rows (along dim 0) of a whole-batch tensor."""
+        return whole
 
     def local_grads(self, params: Sequence[Tensor]) -> None:
         """Make the ``.grad`` that this process computed for ``params`` the whole batch's."""
@@ -128,24 +158,29 @@ def backward_step(
 
     ``ctx`` supplies the step, generator and level; its losses, activation and task rows are filled in
     here. ``strategy`` (``"loop"`` or ``"batched"``) computes the param-level Jacobian. ``extra_batch``,
-    at the param level, gives ``ctx.extra_grads``. Gradients are assigned to parameters whose
-    ``.grad`` is ``None``. ``observe`` (diagnostics) is handed the per-task gradients at ``ctx.level``:
-    those the method combines, or, for a loss weighting, ones computed for it alone by
-    :func:`observed_gradients` (an extra cost on the steps that observe). Returns the detached losses ``[T]``.
+    at the param level, gives ``ctx.extra_grads``. ``batch`` is the whole batch: ``reducer`` takes this
+    process's rows of it. Gradients are assigned to parameters whose ``.grad`` is ``None``. ``observe``
+    (diagnostics) is handed the per-task gradients at ``ctx.level``: those the method combines, or, for
+    a loss weighting, ones computed for it alone by :func:`observed_gradients` (an extra cost on the
+    steps that observe). Returns the whole batch's detached losses ``[T]``.
     """
     ctx.task_rows = batch.task_rows
-    z = model.trunk(batch.inputs)
+    local = reducer.shard(batch)
+    z = model.trunk(local.inputs)
     if not method.needs_grads:
-        if observe is not None:
-            observe(observed_gradients(model, task, batch, ctx.level, z, strategy))
-        _weighted_backward(model, task, batch, method, ctx, z)
+        if observe is not None:  # one process: config refuses diagnostics in data-parallel runs
+            observe(observed_gradients(model, task, local, ctx.level, z, strategy))
+        _weighted_backward(model, task, batch, method, ctx, z, reducer)
         reducer.local_grads([p for p in model.parameters() if p.grad is not None])
         return ctx.losses
     if extra_batch is not None and ctx.level == "param":
-        extra_losses = task.losses(model(extra_batch.inputs), extra_batch)
+        extra_local = reducer.shard(extra_batch)
+        extra_losses = reducer.share(task.losses(model(extra_local.inputs), extra_local), extra_batch)
         extra = jacobian(extra_losses, model.shared_parameters(), strategy).detach()
         ctx.extra_grads = reducer.jacobian(extra)
-    per_task = per_task_gradients(model, task, batch, ctx, z, strategy, method.uses_activation)
+    per_task = per_task_gradients(
+        model, task, batch, ctx, z, strategy, method.uses_activation, reducer
+    )
     grads = reducer.jacobian(per_task.grads) if ctx.level == "param" else per_task.grads
     with torch.no_grad():
         if observe is not None:
@@ -156,12 +191,27 @@ def backward_step(
     return ctx.losses
 
 
+def _shard_losses(
+    task: Task, outputs: list[Tensor], batch: Batch, ctx: StepContext, reducer: Reducer
+) -> Tensor:
+    """This process's share of the whole ``batch``'s losses (``outputs`` are its shard's); the whole
+    batch's losses go to ``ctx.losses``."""
+    shares = reducer.share(task.losses(outputs, reducer.shard(batch)), batch)
+    ctx.losses = reducer.total(shares.detach())
+    return shares
+
+
 def _weighted_backward(
-    model: MultiTaskModel, task: Task, batch: Batch, method: Method, ctx: StepContext, z: Tensor
+    model: MultiTaskModel,
+    task: Task,
+    batch: Batch,
+    method: Method,
+    ctx: StepContext,
+    z: Tensor,
+    reducer: Reducer,
 ) -> None:
     """Loss weighting: one backward of ``sum_i w_i L_i``, the weights taken as constants."""
-    losses = task.losses(model.forward_heads(z), batch)
-    ctx.losses = losses.detach()
+    losses = _shard_losses(task, model.forward_heads(z), batch, ctx, reducer)
     weights = method.weights(ctx.losses, ctx)
     (weights.detach().to(losses.dtype) @ losses).backward()
 
@@ -192,25 +242,31 @@ def per_task_gradients(
     z: Tensor,
     strategy: str = "loop",
     with_activation: bool = False,
+    reducer: Reducer = LOCAL,
 ) -> PerTaskGradients:
     """Stage 1 at ``ctx.level``; fills ``ctx.losses``, and ``ctx.activation`` at the feature level (at
-    the param level only ``with_activation``: the flattened shared parameters)."""
+    the param level only ``with_activation``: the flattened shared parameters). ``z`` is the trunk's
+    output on ``reducer``'s shard of ``batch``; feature-level gradients are gathered over the shards."""
     if ctx.level == "feature":
-        return _feature_gradients(model, task, batch, ctx, z)
-    return _param_gradients(model, task, batch, ctx, z, strategy, with_activation)
+        return _feature_gradients(model, task, batch, ctx, z, reducer)
+    return _param_gradients(model, task, batch, ctx, z, strategy, with_activation, reducer)
 
 
 def _feature_gradients(
-    model: MultiTaskModel, task: Task, batch: Batch, ctx: StepContext, z: Tensor
+    model: MultiTaskModel, task: Task, batch: Batch, ctx: StepContext, z: Tensor, reducer: Reducer
 ) -> PerTaskGradients:
     """Every head reads its own alias of z, so one backward of the summed losses yields all T
     gradients w.r.t. z (loss i depends on head i only); the update then goes through the trunk."""
     aliases = [z.detach().requires_grad_() for _ in range(task.num_tasks)]  # T leaves, one storage
-    losses = task.losses(model.forward_each(aliases), batch)
-    ctx.losses, ctx.activation = losses.detach(), z.detach()
+    losses = _shard_losses(task, model.forward_each(aliases), batch, ctx, reducer)
+    ctx.activation = reducer.gather(z.detach(), 0)
     losses.sum().backward()
-    grads = torch.stack([_zeros_if_none(a.grad, a, a.shape) for a in aliases])
-    return PerTaskGradients(grads, z.backward, [p for p in model.parameters() if p.requires_grad])
+    grads = reducer.gather(torch.stack([_zeros_if_none(a.grad, a, a.shape) for a in aliases]), 1)
+
+    def apply(update: Tensor) -> None:
+        z.backward(reducer.rows(update))
+
+    return PerTaskGradients(grads, apply, [p for p in model.parameters() if p.requires_grad])
 
 
 def _param_gradients(
@@ -221,12 +277,12 @@ def _param_gradients(
     z: Tensor,
     strategy: str,
     with_activation: bool,
+    reducer: Reducer,
 ) -> PerTaskGradients:
     """The Jacobian w.r.t. the shared parameters; the heads get their gradients here, the trunk its
     ``.grad`` when the update is applied. ``with_activation``: also gather the shared parameters into
     ``ctx.activation``."""
-    losses = task.losses(model.forward_heads(z), batch)
-    ctx.losses = losses.detach()
+    losses = _shard_losses(task, model.forward_heads(z), batch, ctx, reducer)
     shared = model.shared_parameters()
     matrix = jacobian(losses, shared, strategy)
     head_params = [p for p in model.heads.parameters() if p.requires_grad]

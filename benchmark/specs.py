@@ -117,6 +117,10 @@ class TrainSpec:
     diagnostics_every: int = 0
     device: str = field(default="cpu", metadata=NOT_IDENTITY)
     checkpoint_every: int | None = field(default=None, metadata=NOT_IDENTITY)
+    distributed: int = field(default=1, metadata=NOT_IDENTITY)
+    """Processes that train the run data-parallel (:mod:`benchmark.distributed`). Not part of a run's
+    identity: every method sees the whole batch's gradients, so the results equal the one-process
+    run's up to float rounding (summation order), as on another device."""
 
 
 @dataclass(frozen=True)

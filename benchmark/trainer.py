@@ -20,9 +20,9 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from benchmark import checkpoint
+from benchmark import checkpoint, distributed
 from benchmark.diagnostics import gradient_diagnostics
-from benchmark.gradients import backward_step, choose_strategy, jacobian, side_effect_free
+from benchmark.gradients import LOCAL, Reducer, backward_step, choose_strategy, jacobian, side_effect_free
 from benchmark.method import StepContext, build_method
 from benchmark.registry import load_plugin
 from benchmark.specs import RunSpec, TaskInfo, TrainSpec
@@ -99,7 +99,10 @@ def run(spec: RunSpec, progress: bool = False, checkpoint_dir: str | Path | None
     """
     started = time.time()
     try:
-        result = resume_or_start(spec, checkpoint_dir).train(progress)
+        if spec.train.distributed > 1:  # no checkpoints: a data-parallel run restarts from step 0
+            result = distributed.launch(spec, train_process, progress)
+        else:
+            result = resume_or_start(spec, checkpoint_dir).train(progress)
     except Exception:  # a failing run is a result, it must not take the sweep down
         log.exception("run failed: %s", spec.title)
         result = RunResult(spec, "failed", error=traceback.format_exc())
@@ -124,11 +127,19 @@ def resume_or_start(spec: RunSpec, checkpoint_dir: str | Path | None = None) -> 
     return trainer
 
 
+def train_process(spec: RunSpec, reducer: Reducer, progress: bool = False) -> RunResult:
+    """One process's part of a data-parallel run (:func:`benchmark.distributed.launch`)."""
+    return Trainer(spec, reducer=reducer).train(progress)
+
+
 class Trainer:
     """Builds a run's task, model, method and optimizers; :meth:`train` runs it, from step 0 or from
-    where :meth:`restore` put it. With ``checkpoint_dir`` it checkpoints there."""
+    where :meth:`restore` put it. With ``checkpoint_dir`` it checkpoints there. ``reducer``: this
+    process's part in a data-parallel run (:mod:`benchmark.distributed`); one process by default."""
 
-    def __init__(self, spec: RunSpec, checkpoint_dir: str | Path | None = None) -> None:
+    def __init__(
+        self, spec: RunSpec, checkpoint_dir: str | Path | None = None, reducer: Reducer = LOCAL
+    ) -> None:
         for plugin in spec.plugins:
             load_plugin(plugin)
         self.spec = spec
@@ -140,6 +151,9 @@ class Trainer:
         if cfg.batched_heads:
             self.model.batch_heads()
         self.grad_scale = None if cfg.amp is None else self.model.autocast(cfg.amp)
+        if reducer is not LOCAL:
+            self.model = distributed.sync_batchnorm(self.model, self.device)
+        self.reducer = reducer
         self.method = build_method(spec.method, self.task.num_tasks).to(self.device)
         self.level = cfg.level or self.method.level
         self.steps_per_epoch = self.task.steps_per_epoch(cfg.batch_size)
@@ -292,7 +306,7 @@ class Trainer:
         epoch = step // self.steps_per_epoch
         ctx = StepContext(step=step, generator=self.method_generator, level=self.level, epoch=epoch)
         losses = backward_step(
-            self.model, self.task, batch, self.method, ctx, strategy, extra, observe=observe
+            self.model, self.task, batch, self.method, ctx, strategy, extra, self.reducer, observe
         )
         if self.grad_scale is not None and not self.grad_scale.update(self.model.shared_parameters()):
             return losses  # fp16 overflow: the step is skipped, as GradScaler does
