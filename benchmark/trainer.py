@@ -16,7 +16,13 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from benchmark.gradients import backward_step, choose_strategy, jacobian, side_effect_free
+from benchmark.gradients import (
+    JacobianBuffer,
+    backward_step,
+    batched_bytes_estimate,
+    choose_strategy,
+    side_effect_free,
+)
 from benchmark.method import StepContext, build_method
 from benchmark.registry import load_plugin
 from benchmark.specs import RunSpec, TaskInfo, TrainSpec
@@ -84,6 +90,7 @@ class Trainer:
         self.method_optimizer = make_optimizer(method_params, cfg, self.method_lr) if method_params else None
         self.data_generator = torch.Generator().manual_seed(spec.seed)
         self.method_generator = torch.Generator(self.device).manual_seed(spec.seed)
+        self.jacobian_buffer = JacobianBuffer()  # the param level's [T, P], reused every step
 
     @property
     def method_lr(self) -> float:
@@ -141,7 +148,9 @@ class Trainer:
             self.method_optimizer.zero_grad(set_to_none=True)
         epoch = step // self.steps_per_epoch
         ctx = StepContext(step=step, generator=self.method_generator, level=self.level, epoch=epoch)
-        losses = backward_step(self.model, self.task, batch, self.method, ctx, strategy, extra)
+        losses = backward_step(
+            self.model, self.task, batch, self.method, ctx, strategy, extra, buffer=self.jacobian_buffer
+        )
         if self.spec.train.clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.train.clip_grad_norm)
         self.optimizer.step()
@@ -154,19 +163,15 @@ class Trainer:
         return losses
 
     def _strategy(self, batch: Batch, timings: dict[str, float]) -> str:
-        """The param-level Jacobian strategy of the config; ``auto`` is measured on this model and batch."""
+        """The param-level Jacobian strategy of the config; ``auto`` follows the device and the batched
+        call's memory estimate on this model and batch (recorded with the run)."""
         if self.spec.train.jacobian != "auto":
             return self.spec.train.jacobian
-
-        def probe(strategy: str) -> None:
-            losses = self.task.losses(self.model(batch.inputs), batch)
-            jacobian(losses, self.model.shared_parameters(), strategy)
-            self._sync()
-
+        shared = self.model.shared_parameters()
         with side_effect_free(self.model):
-            choice, times = choose_strategy(probe)
-        timings.update({f"jacobian_{name}_ms": ms for name, ms in times.items()})
-        timings["jacobian_batched"] = float(choice == "batched")
+            estimate = batched_bytes_estimate(lambda: self.model(batch.inputs), shared, self.task.num_tasks)
+        choice = choose_strategy(self.device, estimate)
+        timings.update(jacobian_batched_mib=estimate / 2**20, jacobian_batched=float(choice == "batched"))
         return choice
 
     def _evaluate(self, step: int) -> list[MetricRow]:
