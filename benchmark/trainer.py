@@ -26,7 +26,7 @@ from benchmark.gradients import (
 from benchmark.method import StepContext, build_method
 from benchmark.registry import load_plugin
 from benchmark.specs import RunSpec, TaskInfo, TrainSpec
-from benchmark.task import Batch, get_task
+from benchmark.task import Batch, Task, get_task
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +67,17 @@ def run(spec: RunSpec, progress: bool = False) -> RunResult:
 
 
 class Trainer:
-    """Builds a run's task, model, method and optimizers; :meth:`train` runs it."""
+    """Builds a run's task, model, method and optimizers; :meth:`train` runs it. ``task``: a built task
+    instead of the spec's (the step benchmark's synthetic trunks, :mod:`benchmark.step_perf`)."""
 
-    def __init__(self, spec: RunSpec) -> None:
+    def __init__(self, spec: RunSpec, task: Task | None = None) -> None:
         for plugin in spec.plugins:
             load_plugin(plugin)
         self.spec = spec
         cfg = spec.train
         self.device = torch.device(cfg.device)
         seed_everything(spec.seed)
-        self.task = get_task(spec.task.name, spec.data_root, **spec.task.params)
+        self.task = task or get_task(spec.task.name, spec.data_root, **spec.task.params)
         self.model = self.task.build_model().to(self.device)
         self.method = build_method(spec.method, self.task.num_tasks).to(self.device)
         self.level = cfg.level or self.method.level
