@@ -119,7 +119,8 @@ def test_batched_memory_estimate_is_t_times_saved_activations_and_one_gradient()
     assert estimate == 7 * (80 + 60)
 
 
-NO_DATA = [name for name in TASKS.names() if not TASKS.get(name).needs_data]
+SHIPPED = [name for name in TASKS.names() if TASKS.get(name).__module__.startswith("tasks.")]
+NO_DATA = [name for name in SHIPPED if not TASKS.get(name).needs_data]
 
 
 def shipped_task(name: str, tmp_path: Path) -> Task:
@@ -137,7 +138,7 @@ def shipped_task(name: str, tmp_path: Path) -> Task:
 
 
 def test_every_shipped_task_is_checked() -> None:
-    assert {*NO_DATA, "celeba", "transfer"} == set(TASKS.names())
+    assert {*NO_DATA, "celeba", "transfer"} == set(SHIPPED) and "digits" in NO_DATA
 
 
 SLOW = [pytest.param(n, marks=pytest.mark.slow) for n in ("celeba-famo_cnn", "celeba-resnet18", "transfer")]
