@@ -8,6 +8,7 @@ python run_all.py list [methods|tasks] [PATTERN] [--data-root DIR]
 python run_all.py prepare NAME [--data-root DIR] [--workers N]   # convert a task's dataset once
 python run_all.py perf [--params 100000 1000000] [PATTERN]   # aggregation cost per method vs the floor
 python run_all.py export [--suite S] [--format csv|parquet] [--output DIR]   # the store as flat files
+python run_all.py perf --step [--methods ew mgda] [--tasks-counts 40] [--trunks mlp] [--json F]  # step × ew
 
 Exit status: 0 on success, 1 when a run failed or on an internal error (with its traceback), 2 on a
 user error (:class:`benchmark.errors.UserError`: a bad suite, argument, store or dataset), printed as
@@ -32,6 +33,7 @@ from benchmark.export import FORMATS, export_store
 from benchmark.perf import aggregation_costs, cost_table
 from benchmark.registry import METHODS, TASKS, load_plugin, unknown_name_message
 from benchmark.report import write_report
+from benchmark.step_perf import TRUNKS, step_benchmark, step_cases, step_json, step_table
 from benchmark.store import ResultsStore, StoreError
 from benchmark.sweep import EXECUTORS, default_workers, run_suite
 
@@ -117,6 +119,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     perf.add_argument("--repeats", type=int, default=7, help="timed calls per method (median)")
     perf.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     perf.add_argument("--output", type=Path, help="also write the Markdown table here")
+    step = perf.add_argument_group("--step: the whole training step per method and level, × the ew step")
+    step.add_argument("--step", action="store_true", help="time Trainer._step instead of combine")
+    step.add_argument("--methods", nargs="+", default=["*"], help="shell-style method filters")
+    step.add_argument("--tasks-counts", type=int, nargs="+", default=[2, 10, 40], help="T of the trunks")
+    step.add_argument("--trunks", nargs="+", choices=sorted(TRUNKS), default=sorted(TRUNKS))
+    step.add_argument("--task", nargs="+", default=[], help="also registered tasks, at their defaults")
+    step.add_argument("--rounds", type=int, default=5, help="interleaved rounds (ratios' spread)")
+    step.add_argument("--device", default="cpu", help="torch device of the step")
+    step.add_argument("--no-memory", action="store_true", help="skip the per-case peak-memory subprocesses")
+    step.add_argument("--json", type=Path, help="also write every round's times and ratios here")
     perf.set_defaults(handler=cmd_perf)
 
     export = sub.add_parser("export", parents=[common], help="write the store's runs and metrics as files")
@@ -236,6 +248,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_perf(args: argparse.Namespace) -> int:
+    if args.step:
+        return cmd_perf_step(args)
     names = METHODS.names(args.pattern)
     if not names:
         raise UserError(f"no method matches {args.pattern!r}")
@@ -245,6 +259,25 @@ def cmd_perf(args: argparse.Namespace) -> int:
     print(table)
     if args.output:
         args.output.write_text(table + "\n")
+    return 0
+
+
+def cmd_perf_step(args: argparse.Namespace) -> int:
+    names = sorted({name for pattern in args.methods for name in METHODS.names(pattern)})
+    if not names:
+        raise UserError(f"--methods: no method matches {' '.join(args.methods)!r}")
+    for name in args.task:
+        TASKS.get(name)
+    torch.set_num_threads(args.threads)
+    cases = step_cases(names, args.tasks_counts, args.trunks, args.task)
+    log.info("timing %d step configurations, %d rounds, %d threads", len(cases), args.rounds, args.threads)
+    results = step_benchmark(cases, args.rounds, args.repeats, args.device, memory=not args.no_memory)
+    table = step_table(results)
+    print(table)
+    if args.output:
+        args.output.write_text(table + "\n")
+    if args.json:
+        args.json.write_text(step_json(results) + "\n")
     return 0
 
 

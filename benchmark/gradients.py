@@ -1,16 +1,17 @@
 """One training step's backward as a pipeline: per-task gradients -> reduce -> combine -> apply.
 
-1. **Per-task gradients** (:func:`per_task_gradients`), at the chosen level:
+1. **Per-task gradients** (:func:`per_task_gradients`), at the chosen level. Both levels start with
+   one backward of the summed losses through the heads, each head reading its own alias of the shared
+   representation z: it yields the T gradients at z and the heads' own gradients.
 
-   - ``feature``: the gradients w.r.t. the shared representation z, ``[T, *z.shape]``, all from one
-     backward through the heads; applying the update sends it back through the trunk with one more
-     backward. Cost: about one backward of the summed loss.
-   - ``param``: the Jacobian of the T losses w.r.t. the shared (trunk) parameters, ``[T, P]``, from a
+   - ``feature``: the gradients w.r.t. z, ``[T, *z.shape]``; applying the update sends it back through
+     the trunk with one more backward. Cost: about one backward of the summed loss.
+   - ``param``: the Jacobian of the T losses w.r.t. the shared (trunk) parameters, ``[T, P]``, as T
+     backwards of z through the trunk alone against those gradients (:func:`jacobian_through`), by a
      loop of ``autograd.grad`` calls (``"loop"``) or one call with ``is_grads_batched``
-     (``"batched"``); :func:`choose_strategy` picks between them by measuring. Cost: about T
-     backwards, plus one through the heads alone for their gradients. Methods that need a second,
-     independent mini-batch (``Method.batches_per_step == 2``) also get its Jacobian, in
-     ``ctx.extra_grads``.
+     (``"batched"``), into a :class:`JacobianBuffer` reused every step; :func:`choose_strategy` picks by
+     device and memory. Cost: about T trunk backwards. Methods that need a second, independent
+     mini-batch (``Method.batches_per_step == 2``) also get its Jacobian, in ``ctx.extra_grads``.
 
 2. **Reduce** (:class:`Reducer`): what one process computed becomes what the whole batch gives.
    In one process it is the identity; a data-parallel reducer (:mod:`benchmark.distributed`) gives
@@ -25,7 +26,7 @@ Loss-weighting methods (``Method.needs_grads`` false) skip 1-4: one backward of 
 then the reducer's gradient step. Heads receive the gradient of the (summed, for gradient methods)
 losses: each head its own task's, computed the same way whatever the strategy.
 
-Forwards that are not the step's own (the ``auto`` strategy's probes, FAMO's losses after the step)
+Forwards that are not the step's own (the ``auto`` strategy's memory probe, FAMO's losses after the step)
 run inside :func:`side_effect_free`, so that they leave BatchNorm statistics and every RNG stream as
 they were.
 """
@@ -33,11 +34,11 @@ they were.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -47,14 +48,17 @@ from benchmark.task import Batch, MultiTaskModel, Task
 
 log = logging.getLogger(__name__)
 
-BATCHED_MIN_SPEEDUP = 1.25
-"""``auto`` takes the batched call only when it is at least this much faster, so that the choice is
-stable; the two strategies' Jacobians are bit-identical on the shipped tasks (tested), so even a
-flipped choice leaves results unchanged there."""
+PREFERRED_STRATEGY = {"cuda": "batched"}
+"""``jacobian: auto`` by device type (others: ``"loop"``). A fixed rule, not a timing, so that two runs of
+one config on one machine never pick differently; on a CPU the batched call is slower (DESIGN §7)."""
+
+MEMORY_HEADROOM = 0.5
+"""``auto`` takes the batched call only when its estimated peak is at most this share of free memory."""
 
 
 def jacobian(losses: Tensor, params: Sequence[Tensor], strategy: str) -> Tensor:
-    """The Jacobian ``[T, N]`` of the T ``losses`` w.r.t. ``params`` (flattened, concatenated).
+    """The Jacobian ``[T, N]`` of the T ``losses`` w.r.t. ``params`` (flattened, concatenated), each row
+    back-propagated from its loss: the reference of :func:`jacobian_through`, which the engine uses.
 
     Keeps the graph: the caller still back-propagates through it.
     """
@@ -74,15 +78,61 @@ def jacobian(losses: Tensor, params: Sequence[Tensor], strategy: str) -> Tensor:
     rows = losses.new_empty(num_tasks, sum(p.numel() for p in params))
     for i in range(num_tasks):
         grads = torch.autograd.grad(losses[i], params, retain_graph=True, allow_unused=True)
-        torch.cat(
-            [_zeros_if_none(g, p, p.shape).reshape(-1) for g, p in zip(grads, params, strict=True)],
-            out=rows[i],
-        )
+        _flatten_into(grads, params, rows[i])
     return rows
+
+
+def jacobian_through(
+    z: Tensor, z_grads: Sequence[Tensor], params: Sequence[Tensor], strategy: str, out: Tensor | None = None
+) -> Tensor:
+    """The Jacobian ``[T, N]`` w.r.t. ``params`` of T losses from their gradients ``z_grads`` at ``z``:
+    row i is ``(∂z/∂θ)ᵀ gᵢ``, a backward through the trunk alone (the heads were crossed once, for all
+    tasks, to get ``gᵢ``). Equal to :func:`jacobian` of the losses (bit for bit on the shipped tasks,
+    tested) without its T backwards through all T heads. ``strategy``: ``"loop"`` (T calls) or
+    ``"batched"`` (one ``is_grads_batched`` call, T times the memory). Written into ``out`` if given.
+    """
+    num_tasks = len(z_grads)
+    rows = z.new_empty(num_tasks, sum(p.numel() for p in params)) if out is None else out
+    if strategy == "batched":
+        batched = torch.autograd.grad(
+            z, params, torch.stack(list(z_grads)), retain_graph=True, is_grads_batched=True, allow_unused=True
+        )
+        offset = 0
+        for g, p in zip(batched, params, strict=True):
+            part = rows[:, offset : offset + p.numel()]
+            part.zero_() if g is None else part.copy_(g.reshape(num_tasks, -1))
+            offset += p.numel()
+        return rows
+    for i, grad in enumerate(z_grads):
+        grads = torch.autograd.grad(z, params, grad, retain_graph=True, allow_unused=True)
+        _flatten_into(grads, params, rows[i])
+    return rows
+
+
+def _flatten_into(grads: Sequence[Tensor | None], params: Sequence[Tensor], row: Tensor) -> None:
+    flat = [_zeros_if_none(g, p, p.shape).reshape(-1) for g, p in zip(grads, params, strict=True)]
+    torch.cat(flat, out=row)
 
 
 def _zeros_if_none(grad: Tensor | None, like: Tensor, shape: Sequence[int]) -> Tensor:
     return like.new_zeros(shape) if grad is None else grad
+
+
+class JacobianBuffer:
+    """The Jacobians' storage of one run: one ``[T, P]`` tensor per use (``"main"``, ``"extra"``),
+    allocated at the first step and overwritten at every later one (a fresh 120 MiB tensor per step
+    costs ~40 ms of page faults, DESIGN §7). A method that keeps gradients across steps copies them
+    (tested for every registered method)."""
+
+    def __init__(self) -> None:
+        self._tensors: dict[str, Tensor] = {}
+
+    def get(self, key: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """The tensor of ``key``, reallocated only if its shape, dtype or device changed."""
+        tensor = self._tensors.get(key)
+        if tensor is None or (tensor.shape, tensor.dtype, tensor.device) != (shape, like.dtype, like.device):
+            tensor = self._tensors[key] = like.new_empty(shape)
+        return tensor
 
 
 class Reducer:
@@ -153,16 +203,18 @@ def backward_step(
     extra_batch: Batch | None = None,
     reducer: Reducer = LOCAL,
     observe: Callable[[Tensor], None] | None = None,
+    buffer: JacobianBuffer | None = None,
 ) -> Tensor:
     """Forward ``batch``, combine the per-task gradients with ``method`` and set every ``.grad``.
 
     ``ctx`` supplies the step, generator and level; its losses, activation and task rows are filled in
-    here. ``strategy`` (``"loop"`` or ``"batched"``) computes the param-level Jacobian. ``extra_batch``,
-    at the param level, gives ``ctx.extra_grads``. ``batch`` is the whole batch: ``reducer`` takes this
-    process's rows of it. Gradients are assigned to parameters whose ``.grad`` is ``None``. ``observe``
-    (diagnostics) is handed the per-task gradients at ``ctx.level``: those the method combines, or, for
-    a loss weighting, ones computed for it alone by :func:`observed_gradients` (an extra cost on the
-    steps that observe). Returns the whole batch's detached losses ``[T]``.
+    here. ``strategy`` (``"loop"`` or ``"batched"``) computes the param-level Jacobian, into ``buffer``
+    when given (the trainer keeps one per run). ``extra_batch``, at the param level, gives
+    ``ctx.extra_grads``. ``batch`` is the whole batch: ``reducer`` takes this process's rows of it.
+    Gradients are assigned to parameters whose ``.grad`` is ``None``. ``observe`` (diagnostics) is
+    handed the per-task gradients at ``ctx.level``: those the method combines, or, for a loss
+    weighting, ones computed for it alone by :func:`observed_gradients` (an extra cost on the steps
+    that observe). Returns the whole batch's detached losses ``[T]``.
     """
     ctx.task_rows = batch.task_rows
     local = reducer.shard(batch)
@@ -174,12 +226,10 @@ def backward_step(
         reducer.local_grads([p for p in model.parameters() if p.grad is not None])
         return ctx.losses
     if extra_batch is not None and ctx.level == "param":
-        extra_local = reducer.shard(extra_batch)
-        extra_losses = reducer.share(task.losses(model(extra_local.inputs), extra_local), extra_batch)
-        extra = jacobian(extra_losses, model.shared_parameters(), strategy).detach()
+        extra = _extra_jacobian(model, task, extra_batch, strategy, buffer, reducer)
         ctx.extra_grads = reducer.jacobian(extra)
     per_task = per_task_gradients(
-        model, task, batch, ctx, z, strategy, method.uses_activation, reducer
+        model, task, batch, ctx, z, strategy, method.uses_activation, reducer, buffer
     )
     grads = reducer.jacobian(per_task.grads) if ctx.level == "param" else per_task.grads
     with torch.no_grad():
@@ -243,54 +293,72 @@ def per_task_gradients(
     strategy: str = "loop",
     with_activation: bool = False,
     reducer: Reducer = LOCAL,
+    buffer: JacobianBuffer | None = None,
 ) -> PerTaskGradients:
     """Stage 1 at ``ctx.level``; fills ``ctx.losses``, and ``ctx.activation`` at the feature level (at
     the param level only ``with_activation``: the flattened shared parameters). ``z`` is the trunk's
-    output on ``reducer``'s shard of ``batch``; feature-level gradients are gathered over the shards."""
+    output on ``reducer``'s shard of ``batch``.
+
+    Both levels start with one backward of the summed losses through the heads, each head reading its
+    own alias of z (loss i depends on head i only): it gives the heads their gradients and the T
+    gradients at z. The feature level stops there (gathering the gradients over the shards); the param
+    level continues through the trunk alone, into ``buffer`` when given.
+    """
+    aliases, losses = _heads_at(model, task, batch, ctx, z, reducer)
+    losses.sum().backward()  # reaches the aliases and the heads, not the trunk
+    z_grads = _dense([a.grad for a in aliases], aliases)
     if ctx.level == "feature":
-        return _feature_gradients(model, task, batch, ctx, z, reducer)
-    return _param_gradients(model, task, batch, ctx, z, strategy, with_activation, reducer)
+        ctx.activation = reducer.gather(z.detach(), 0)
+        grads = reducer.gather(torch.stack(z_grads), 1)
+
+        def apply(update: Tensor) -> None:
+            z.backward(reducer.rows(update))
+
+        return PerTaskGradients(grads, apply, [p for p in model.parameters() if p.requires_grad])
+    shared = model.shared_parameters()
+    out = _jacobian_out(buffer, "main", task.num_tasks, shared, z)
+    matrix = jacobian_through(z, z_grads, shared, strategy, out)
+    if with_activation:
+        ctx.activation = torch.cat([p.detach().reshape(-1) for p in shared])
+    head_params = [p for p in model.heads.parameters() if p.requires_grad]
+    return PerTaskGradients(matrix, partial(_assign_flat, shared), head_params)
 
 
-def _feature_gradients(
+def _heads_at(
     model: MultiTaskModel, task: Task, batch: Batch, ctx: StepContext, z: Tensor, reducer: Reducer
-) -> PerTaskGradients:
-    """Every head reads its own alias of z, so one backward of the summed losses yields all T
-    gradients w.r.t. z (loss i depends on head i only); the update then goes through the trunk."""
-    aliases = [z.detach().requires_grad_() for _ in range(task.num_tasks)]  # T leaves, one storage
-    losses = _shard_losses(task, model.forward_each(aliases), batch, ctx, reducer)
-    ctx.activation = reducer.gather(z.detach(), 0)
-    losses.sum().backward()
-    grads = reducer.gather(torch.stack([_zeros_if_none(a.grad, a, a.shape) for a in aliases]), 1)
-
-    def apply(update: Tensor) -> None:
-        z.backward(reducer.rows(update))
-
-    return PerTaskGradients(grads, apply, [p for p in model.parameters() if p.requires_grad])
+) -> tuple[list[Tensor], Tensor]:
+    """T leaf aliases of z (one storage) and this process's share of the losses ``[T]`` with head i
+    reading alias i (the whole batch's losses go to ``ctx.losses``)."""
+    aliases = [z.detach().requires_grad_() for _ in range(task.num_tasks)]
+    return aliases, _shard_losses(task, model.forward_each(aliases), batch, ctx, reducer)
 
 
-def _param_gradients(
+def _dense(grads: Sequence[Tensor | None], aliases: Sequence[Tensor]) -> list[Tensor]:
+    return [_zeros_if_none(g, a, a.shape) for g, a in zip(grads, aliases, strict=True)]
+
+
+def _extra_jacobian(
     model: MultiTaskModel,
     task: Task,
     batch: Batch,
-    ctx: StepContext,
-    z: Tensor,
     strategy: str,
-    with_activation: bool,
+    buffer: JacobianBuffer | None,
     reducer: Reducer,
-) -> PerTaskGradients:
-    """The Jacobian w.r.t. the shared parameters; the heads get their gradients here, the trunk its
-    ``.grad`` when the update is applied. ``with_activation``: also gather the shared parameters into
-    ``ctx.activation``."""
-    losses = _shard_losses(task, model.forward_heads(z), batch, ctx, reducer)
+) -> Tensor:
+    """This process's part of the Jacobian on a second batch (two-batch methods), through z like the
+    main one; heads untouched."""
+    z = model.trunk(reducer.shard(batch).inputs)
+    aliases, losses = _heads_at(model, task, batch, StepContext(), z, reducer)
+    z_grads = _dense(torch.autograd.grad(losses.sum(), aliases, allow_unused=True), aliases)
     shared = model.shared_parameters()
-    matrix = jacobian(losses, shared, strategy)
-    head_params = [p for p in model.heads.parameters() if p.requires_grad]
-    if head_params:  # the same call whatever the strategy, so heads never depend on it
-        losses.sum().backward(inputs=head_params)
-    if with_activation:
-        ctx.activation = torch.cat([p.detach().reshape(-1) for p in shared])
-    return PerTaskGradients(matrix, partial(_assign_flat, shared), head_params)
+    out = _jacobian_out(buffer, "extra", task.num_tasks, shared, z)
+    return jacobian_through(z, z_grads, shared, strategy, out).detach()
+
+
+def _jacobian_out(
+    buffer: JacobianBuffer | None, key: str, num_tasks: int, shared: Sequence[Tensor], like: Tensor
+) -> Tensor | None:
+    return None if buffer is None else buffer.get(key, (num_tasks, sum(p.numel() for p in shared)), like)
 
 
 def _assign_flat(params: Sequence[Tensor], flat: Tensor) -> None:
@@ -315,22 +383,49 @@ def side_effect_free(model: nn.Module) -> Iterator[None]:
                     buffer.copy_(value)
 
 
-def choose_strategy(probe: Callable[[str], None], repeats: int = 3) -> tuple[str, dict[str, float]]:
-    """Time ``probe(strategy)`` for the loop and the batched call; return the choice and the times (ms).
+def choose_strategy(device: torch.device, batched_bytes: int) -> str:
+    """``jacobian: auto``: the device type's :data:`PREFERRED_STRATEGY`, but the loop wherever the
+    batched call's estimated peak ``batched_bytes`` exceeds ``MEMORY_HEADROOM`` of the free memory.
 
-    The batched call wins only when it is ``BATCHED_MIN_SPEEDUP`` times faster; if it raises (an op
-    without a batching rule), the loop is used.
+    The rule reads no clock, so it cannot flip between two runs of one config on one machine; it can
+    only fall back to the loop where the batched call would not fit. Both strategies give
+    bit-identical Jacobians on the shipped tasks (tested), so even then results do not change there.
     """
-    times: dict[str, float] = {}
-    for strategy in ("loop", "batched"):
-        try:
-            probe(strategy)  # warm-up
-            start = time.perf_counter()
-            for _ in range(repeats):
-                probe(strategy)
-            times[strategy] = (time.perf_counter() - start) / repeats * 1e3
-        except RuntimeError as err:
-            log.warning("batched per-task gradients unavailable, using the loop: %s", err)
-            return "loop", times
-    faster = times["loop"] >= BATCHED_MIN_SPEEDUP * times["batched"]
-    return ("batched" if faster else "loop"), times
+    if PREFERRED_STRATEGY.get(device.type, "loop") == "loop":
+        return "loop"
+    free = available_bytes(device)
+    if batched_bytes > MEMORY_HEADROOM * free:
+        log.warning(
+            "batched Jacobian needs about %.0f MiB, %.0f MiB free on %s: using the loop",
+            batched_bytes / 2**20, free / 2**20, device,
+        )
+        return "loop"
+    return "batched"
+
+
+def available_bytes(device: torch.device) -> int:
+    """Free memory: ``torch.cuda.mem_get_info`` on a GPU, ``MemAvailable`` of ``/proc/meminfo`` on the CPU
+    (where that file is missing, e.g. macOS: assumed unlimited)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        return 1 << 62
+    kib = next(line.split()[1] for line in meminfo.splitlines() if line.startswith("MemAvailable:"))
+    return int(kib) * 1024
+
+
+def batched_bytes_estimate(forward: Callable[[], object], params: Sequence[Tensor], num_tasks: int) -> int:
+    """The batched call's peak, estimated as T times one backward's: the tensors ``forward`` saves for
+    the backward (every intermediate gradient has the size of one of them) plus one gradient of
+    ``params``. Counts distinct storages once."""
+    saved: dict[int, int] = {}
+
+    def pack(tensor: Tensor) -> Tensor:
+        saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        forward()
+    return num_tasks * (sum(saved.values()) + sum(p.numel() * p.element_size() for p in params))

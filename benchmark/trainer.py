@@ -22,11 +22,19 @@ from tqdm import tqdm
 
 from benchmark import checkpoint, distributed
 from benchmark.diagnostics import gradient_diagnostics
-from benchmark.gradients import LOCAL, Reducer, backward_step, choose_strategy, jacobian, side_effect_free
+from benchmark.gradients import (
+    LOCAL,
+    JacobianBuffer,
+    Reducer,
+    backward_step,
+    batched_bytes_estimate,
+    choose_strategy,
+    side_effect_free,
+)
 from benchmark.method import StepContext, build_method
 from benchmark.registry import load_plugin
 from benchmark.specs import RunSpec, TaskInfo, TrainSpec
-from benchmark.task import Batch, get_task
+from benchmark.task import Batch, Task, get_task
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +143,16 @@ def train_process(spec: RunSpec, reducer: Reducer, progress: bool = False) -> Ru
 class Trainer:
     """Builds a run's task, model, method and optimizers; :meth:`train` runs it, from step 0 or from
     where :meth:`restore` put it. With ``checkpoint_dir`` it checkpoints there. ``reducer``: this
-    process's part in a data-parallel run (:mod:`benchmark.distributed`); one process by default."""
+    process's part in a data-parallel run (:mod:`benchmark.distributed`); one process by default.
+    ``task``: a built task instead of the spec's (the step benchmark's synthetic trunks,
+    :mod:`benchmark.step_perf`)."""
 
     def __init__(
-        self, spec: RunSpec, checkpoint_dir: str | Path | None = None, reducer: Reducer = LOCAL
+        self,
+        spec: RunSpec,
+        checkpoint_dir: str | Path | None = None,
+        reducer: Reducer = LOCAL,
+        task: Task | None = None,
     ) -> None:
         for plugin in spec.plugins:
             load_plugin(plugin)
@@ -146,7 +160,7 @@ class Trainer:
         cfg = spec.train
         self.device = torch.device(cfg.device)
         seed_everything(spec.seed)
-        self.task = get_task(spec.task.name, spec.data_root, **spec.task.params)
+        self.task = task or get_task(spec.task.name, spec.data_root, **spec.task.params)
         self.model = self.task.build_model().to(self.device)
         if cfg.batched_heads:
             self.model.batch_heads()
@@ -170,6 +184,7 @@ class Trainer:
         self.progress = Progress()
         self.checkpoint_path = None if checkpoint_dir is None else checkpoint.path_for(checkpoint_dir, spec)
         self.schedule = checkpoint.Schedule(0 if checkpoint_dir is None else cfg.checkpoint_every, cfg.steps)
+        self.jacobian_buffer = JacobianBuffer()  # the param level's [T, P], reused every step
 
     @property
     def method_lr(self) -> float:
@@ -306,7 +321,8 @@ class Trainer:
         epoch = step // self.steps_per_epoch
         ctx = StepContext(step=step, generator=self.method_generator, level=self.level, epoch=epoch)
         losses = backward_step(
-            self.model, self.task, batch, self.method, ctx, strategy, extra, self.reducer, observe
+            self.model, self.task, batch, self.method, ctx, strategy, extra, self.reducer, observe,
+            self.jacobian_buffer,
         )
         if self.grad_scale is not None and not self.grad_scale.update(self.model.shared_parameters()):
             return losses  # fp16 overflow: the step is skipped, as GradScaler does
@@ -322,19 +338,15 @@ class Trainer:
         return losses
 
     def _strategy(self, batch: Batch, timings: dict[str, float]) -> str:
-        """The param-level Jacobian strategy of the config; ``auto`` is measured on this model and batch."""
+        """The param-level Jacobian strategy of the config; ``auto`` follows the device and the batched
+        call's memory estimate on this model and batch (recorded with the run)."""
         if self.spec.train.jacobian != "auto":
             return self.spec.train.jacobian
-
-        def probe(strategy: str) -> None:
-            losses = self.task.losses(self.model(batch.inputs), batch)
-            jacobian(losses, self.model.shared_parameters(), strategy)
-            self._sync()
-
+        shared = self.model.shared_parameters()
         with side_effect_free(self.model):
-            choice, times = choose_strategy(probe)
-        timings.update({f"jacobian_{name}_ms": ms for name, ms in times.items()})
-        timings["jacobian_batched"] = float(choice == "batched")
+            estimate = batched_bytes_estimate(lambda: self.model(batch.inputs), shared, self.task.num_tasks)
+        choice = choose_strategy(self.device, estimate)
+        timings.update(jacobian_batched_mib=estimate / 2**20, jacobian_batched=float(choice == "batched"))
         return choice
 
     def _evaluate(self, step: int) -> list[MetricRow]:

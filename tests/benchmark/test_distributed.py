@@ -81,7 +81,7 @@ def _compare_step(task: Task, name: str, level: str, size: int, reducer: Reducer
 def _compare_run(name: str, reducer: Reducer) -> str | None:
     """A few trainer steps (optimiser, method state, evaluation) against one process."""
     spec = _spec(name, steps=4, distributed=1)
-    one, many = Trainer(spec).train(), Trainer(spec, reducer).train()
+    one, many = Trainer(spec).train(), Trainer(spec, reducer=reducer).train()
     if _rows(one.metrics) != _rows(many.metrics):
         return "different metric rows"
     for a, b in zip(one.metrics, many.metrics, strict=True):

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import math
+import os
+from pathlib import Path
+
 import pytest
 import torch
 from torch import Tensor
 
 import tests.benchmark.noisy_task  # noqa: F401  (registers the "_noisy" task)
-from benchmark.gradients import backward_step, choose_strategy, jacobian, side_effect_free
+from benchmark import gradients
+from benchmark.gradients import (
+    JacobianBuffer,
+    backward_step,
+    choose_strategy,
+    jacobian,
+    jacobian_through,
+    side_effect_free,
+)
 from benchmark.method import Method, StepContext, get_method
-from benchmark.task import Batch, get_task
+from benchmark.registry import METHODS, TASKS
+from benchmark.task import Batch, Task, get_task
 from tests.benchmark.linear_task import HEADS, TRUNK, LinearTask
+from tests.tasks.celeba_fixture import make_celeba
+from tests.tasks.test_transfer import write_cifar10, write_cifar100
 
 X = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.0, 4.0]])  # batch of 3; mean (4/3, 5/3)
 X_MEAN = X.mean(0)
@@ -79,46 +94,112 @@ def test_graddrop_leaves_the_forward_pass_unchanged(level: str) -> None:
     torch.testing.assert_close(with_ew, HEADS[:2] @ (TRUNK @ X_MEAN))
 
 
-@pytest.mark.parametrize(
-    ("loop_ms", "batched_ms", "choice"), [(10.0, 2.0, "batched"), (10.0, 9.0, "loop"), (2.0, 10.0, "loop")]
-)
-def test_choose_strategy_takes_batched_only_when_clearly_faster(
-    loop_ms: float, batched_ms: float, choice: str, monkeypatch: pytest.MonkeyPatch
+def test_auto_takes_the_loop_on_a_cpu_whatever_the_memory() -> None:
+    assert choose_strategy(torch.device("cpu"), 0) == "loop"
+
+
+@pytest.mark.parametrize(("needed", "choice"), [(10 << 20, "batched"), (60 << 20, "loop")])
+def test_auto_takes_the_batched_call_only_where_it_fits(
+    needed: int, choice: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = [0.0]
-    monkeypatch.setattr("benchmark.gradients.time.perf_counter", lambda: clock[0])
-    calls: list[str] = []
-
-    def probe(strategy: str) -> None:  # a fake clock advanced by each strategy's cost
-        calls.append(strategy)
-        clock[0] += (loop_ms if strategy == "loop" else batched_ms) / 1e3
-
-    picked, times = choose_strategy(probe, repeats=2)
-    assert picked == choice
-    assert times == pytest.approx({"loop": loop_ms, "batched": batched_ms})
-    assert calls.count("loop") == calls.count("batched") == 3  # warm-up + repeats
+    monkeypatch.setitem(gradients.PREFERRED_STRATEGY, "cpu", "batched")
+    monkeypatch.setattr(gradients, "available_bytes", lambda device: 100 << 20)  # headroom 0.5: 50 MiB
+    assert choose_strategy(torch.device("cpu"), needed) == choice
 
 
-def test_choose_strategy_falls_back_to_the_loop_when_batching_fails() -> None:
-    def probe(strategy: str) -> None:
-        if strategy == "batched":
-            raise RuntimeError("no batching rule")
-
-    assert choose_strategy(probe)[0] == "loop"
+def test_free_cpu_memory_is_read_from_meminfo() -> None:
+    free = gradients.available_bytes(torch.device("cpu"))
+    assert 0 < free <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-@pytest.mark.parametrize("task_name", ["toy2d", "digits"])
-def test_loop_and_batched_jacobians_are_bit_identical_on_the_shipped_tasks(task_name: str) -> None:
-    """``jacobian: auto`` picks a strategy by timing; results must not depend on which it picks."""
-    task = get_task(task_name)
+def test_batched_memory_estimate_is_t_times_saved_activations_and_one_gradient() -> None:
+    weight = torch.nn.Parameter(torch.ones(3, 5))
+    inputs = torch.ones(4, 5)  # the matmul saves them (80 bytes) for the weight's gradient (60 bytes)
+    estimate = gradients.batched_bytes_estimate(lambda: (inputs @ weight.T).sum(), [weight], num_tasks=7)
+    assert estimate == 7 * (80 + 60)
+
+
+SHIPPED = [name for name in TASKS.names() if TASKS.get(name).__module__.startswith("tasks.")]
+NO_DATA = [name for name in SHIPPED if not TASKS.get(name).needs_data]
+
+
+def shipped_task(name: str, tmp_path: Path) -> Task:
+    """A shipped task; the data-reading ones on small fixtures in their real formats."""
+    if name.startswith("celeba"):
+        make_celeba(tmp_path)
+        model = name.split("-")[1]
+        return get_task("celeba", tmp_path, model=model, image_size=16, attributes=["Bald", "Male"])
+    if name == "transfer":
+        write_cifar100(tmp_path)
+        write_cifar10(tmp_path)
+        small = {"width": 4, "blocks": 1, "val_fraction": 0.25, "source_eval_size": 2}
+        return get_task("transfer", tmp_path, source="cifar10", **small)
+    return get_task(name)
+
+
+def test_every_shipped_task_is_checked() -> None:
+    assert {*NO_DATA, "celeba", "transfer"} == set(SHIPPED) and "digits" in NO_DATA
+
+
+SLOW = [pytest.param(n, marks=pytest.mark.slow) for n in ("celeba-famo_cnn", "celeba-resnet18", "transfer")]
+
+
+@pytest.mark.parametrize("name", [*NO_DATA, *SLOW])
+def test_jacobian_through_z_is_bit_identical_to_the_direct_one_on_every_shipped_task(
+    name: str, tmp_path: Path
+) -> None:
+    """The engine's Jacobian (per-task gradients at z, then the trunk alone) equals each row
+    back-propagated from its loss through every head, for both strategies, with and without a buffer."""
+    task = shipped_task(name, tmp_path)
     torch.manual_seed(0)
-    model = task.build_model()
-    batch = next(task.train_batches(32, torch.Generator().manual_seed(0)))
-    loop, batched = (
-        jacobian(task.losses(model(batch.inputs), batch), model.shared_parameters(), strategy)
-        for strategy in ("loop", "batched")
-    )
-    assert torch.equal(loop, batched)
+    model = task.build_model().eval()  # BatchNorm in eval mode: both forwards see the same statistics
+    batch = next(task.train_batches(8, torch.Generator().manual_seed(0)))
+    shared = model.shared_parameters()
+    direct = jacobian(task.losses(model(batch.inputs), batch), shared, "loop")
+    z = model.trunk(batch.inputs)
+    aliases = [z.detach().requires_grad_() for _ in range(task.num_tasks)]
+    z_grads = torch.autograd.grad(task.losses(model.forward_each(aliases), batch).sum(), aliases)
+    buffer = torch.full_like(direct, math.nan)
+    for strategy in ("loop", "batched"):
+        assert torch.equal(jacobian_through(z, z_grads, shared, strategy), direct), strategy
+        assert jacobian_through(z, z_grads, shared, strategy, out=buffer) is buffer
+        assert torch.equal(buffer, direct), strategy
+
+
+def test_the_step_reuses_one_jacobian_buffer_and_matches_a_step_without_it() -> None:
+    task = LinearTask(3)
+    buffer, seen = JacobianBuffer(), []
+    for _ in range(2):
+        method = Capture(3)
+        method.combine = lambda grads, ctx=None, m=method: seen.append(grads) or Capture.combine(m, grads)
+        backward_step(task.build_model(), task, Batch(X), method, StepContext(), buffer=buffer)
+    assert seen[0] is seen[1]
+    torch.testing.assert_close(seen[1], expected_param_jacobian(3))
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_methods_copy_what_they_keep_of_a_reused_buffer(name: str) -> None:
+    """Two steps on one buffer overwritten in between give the updates of two steps on fresh tensors."""
+    generator = torch.Generator().manual_seed(0)
+    first, second = torch.randn(2, 3, 6, generator=generator)
+    losses = torch.tensor([0.7, 1.3, 0.9])
+
+    def updates(reuse: bool) -> list[Tensor]:
+        method = get_method(name, num_tasks=3)
+        buffers, rng, out = torch.empty(2, 3, 6), torch.Generator().manual_seed(1), []
+        for step, grads in enumerate((first, second)):
+            matrix, extra = (buffers[0].copy_(grads), buffers[1].copy_(grads.flip(0))) if reuse else (
+                grads.clone(), grads.flip(0)
+            )
+            extra = extra if method.batches_per_step > 1 else None
+            ctx = StepContext(losses=losses, step=step, generator=rng, extra_grads=extra)
+            with torch.no_grad():
+                out.append(method.combine(matrix, ctx).clone())
+        return out
+
+    fresh, reused = updates(reuse=False), updates(reuse=True)
+    for a, b in zip(fresh, reused, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_side_effect_free_forwards_leave_batchnorm_statistics_and_rng_streams_as_they_were() -> None:
