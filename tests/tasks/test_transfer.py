@@ -16,7 +16,6 @@ import torch
 from benchmark.config import load_suite, parse_suite
 from benchmark.data import DataError
 from benchmark.registry import TASKS
-from benchmark.specs import TrainSpec
 from benchmark.task import get_task
 from benchmark.trainer import run
 from tasks import _images as images
@@ -24,6 +23,7 @@ from tasks._image_data import load_cifar10, load_cifar100
 from tasks._imagefolder import find_imagefolder_cache, load_imagefolder
 from tasks._resnet import cifar_resnet
 from tasks.transfer import Transfer, augment, channel_stats
+from tests.tasks.training import TRAIN_SETTINGS
 from tests.tasks.transfer_fixture import (
     COLOURS,
     write_cifar10,
@@ -169,7 +169,7 @@ def test_bad_imagefolder_files_raise_data_errors_naming_them(root):
 def test_registered_with_defaults_and_metrics():
     assert TASKS.get("transfer") is Transfer and Transfer.needs_data
     task = Transfer()
-    assert set(task.train_defaults) <= {f.name for f in dataclasses.fields(TrainSpec)}
+    assert set(task.train_defaults) <= TRAIN_SETTINGS
     assert task.task_names == ("source", "target")
     assert [(m.name, m.higher_is_better) for m in task.metrics()] == [("target_accuracy", True)]
     assert task.selection_metric == "target_accuracy" and task.eval_splits == ("val", "test")
