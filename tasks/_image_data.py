@@ -1,4 +1,5 @@
-"""Readers of on-disk image datasets: CIFAR-10 and CIFAR-100 (python pickle format) and ImageFolder trees.
+"""Readers of CIFAR-10 and CIFAR-100 (python pickle format), and :class:`Images`, what the image readers
+return (ImageFolder trees: :mod:`tasks._imagefolder`).
 
 Every reader returns :class:`Images`, uint8 ``[N, 3, 32, 32]`` (channels first) with int64 labels; a
 missing, truncated or malformed file raises :class:`benchmark.data.DataError` naming the file, the
@@ -9,41 +10,28 @@ layout expected and where the dataset is published.
   planes in row-major order. CIFAR-10: ``cifar-10-batches-py/data_batch_1..5``, ``test_batch`` (labels
   ``b"labels"``) and ``batches.meta`` (``b"label_names"``). CIFAR-100: ``cifar-100-python/train``,
   ``test`` (labels ``b"fine_labels"``) and ``meta`` (``b"fine_label_names"``).
-- ImageFolder (the layout of ImageNet's ``train/<wnid>/*.JPEG``, torchvision's ``ImageFolder``): one
-  folder per class, classes numbered in sorted folder order; images decoded with PIL, converted to RGB
-  and resized to 32×32 with a box filter, as the downsampled ImageNet of Chrabaszcz et al. 2017
-  ("A Downsampled Variant of ImageNet as an Alternative to the CIFAR datasets"). Decoding a large tree
-  is slow: :func:`write_cache` stores it once as ``.npz`` and :func:`read_cache` reads it back.
 
 Unpickling only accepts the few globals a NumPy array needs, so a crafted file cannot run code.
 """
 
 from __future__ import annotations
 
-import logging
 import pickle
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from tqdm import tqdm
 
 from benchmark.data import DataError
 
-log = logging.getLogger(__name__)
-
 CIFAR_SOURCE = "https://www.cs.toronto.edu/~kriz/cifar.html"
-IMAGENET_SOURCE = "https://image-net.org"
 SIZE = 32
 """Side of every image returned (CIFAR's)."""
 PIXELS = 3 * SIZE * SIZE
-IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".webp"})
 
 CIFAR10_LAYOUT = (
     "cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}: pickled dicts with b'data' "
@@ -53,7 +41,6 @@ CIFAR100_LAYOUT = (
     "cifar-100-python/{train, test, meta}: pickled dicts with b'data' "
     f"(uint8 [N, {PIXELS}]) and b'fine_labels'"
 )
-IMAGEFOLDER_LAYOUT = "<folder>/<class>/<image>.JPEG (ImageNet's train/<wnid>/*.JPEG)"
 
 _ARRAY_GLOBALS = frozenset(
     {
@@ -173,81 +160,3 @@ def load_cifar100(folder: Path, split: str) -> Images:
     path = folder / split
     record = read_pickle(path, [b"data", b"fine_labels"], CIFAR100_LAYOUT)
     return _concat([_cifar_images(path, record, b"fine_labels", len(classes), CIFAR100_LAYOUT)], classes)
-
-
-def image_files(folder: Path) -> tuple[list[Path], list[int], tuple[str, ...]]:
-    """The image files of an ImageFolder tree, their class indices and the sorted class names."""
-    if not folder.is_dir():
-        raise _fail(folder, "folder not found", IMAGEFOLDER_LAYOUT, IMAGENET_SOURCE)
-    classes = tuple(sorted(p.name for p in folder.iterdir() if p.is_dir()))
-    files, labels = [], []
-    for index, name in enumerate(classes):
-        found = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        files += found
-        labels += [index] * len(found)
-    if not files:
-        raise _fail(folder, "no class folder with images", IMAGEFOLDER_LAYOUT, IMAGENET_SOURCE)
-    return files, labels, classes
-
-
-def decode_image(path: Path) -> np.ndarray:
-    """One image file -> uint8 ``[3, 32, 32]``: decoded, RGB, resized with a box filter."""
-    try:
-        with Image.open(path) as image:
-            image.draft("RGB", (SIZE * 2, SIZE * 2))  # JPEG: decode at a reduced scale, much faster
-            small = image.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BOX)
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise _fail(
-            path, f"not a readable image (truncated or corrupt?): {err}", IMAGEFOLDER_LAYOUT, IMAGENET_SOURCE
-        ) from err
-    return np.asarray(small, dtype=np.uint8).transpose(2, 0, 1)
-
-
-def load_imagefolder(folder: Path, workers: int = 0) -> Images:
-    """Decode every image of an ImageFolder tree (``workers`` > 1: in that many processes)."""
-    files, labels, classes = image_files(folder)
-    progress = {"total": len(files), "desc": f"decoding {folder}", "disable": len(files) < 1000}
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            decoded = list(tqdm(pool.map(decode_image, files, chunksize=256), **progress))
-    else:
-        decoded = [decode_image(p) for p in tqdm(files, **progress)]
-    return Images(torch.from_numpy(np.stack(decoded)), torch.tensor(labels, dtype=torch.int64), classes)
-
-
-def write_cache(images: Images, path: Path) -> None:
-    """Store ``images`` as an uncompressed ``.npz`` (images, labels, classes), written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("wb") as f:
-        arrays = {"images": images.images.numpy(), "labels": images.labels.numpy()}
-        np.savez(f, **arrays, classes=np.array(images.classes))
-    partial.replace(path)
-
-
-def read_cache(path: Path, folder: Path) -> Images:
-    """The cache :func:`write_cache` made of ``folder``; its classes must still be ``folder``'s."""
-    layout = f"a cache written by 'run_all.py prepare' from {folder}"
-    try:
-        with np.load(path, allow_pickle=False) as cache:
-            images, labels, classes = cache["images"], cache["labels"], tuple(cache["classes"].tolist())
-    except (OSError, ValueError, KeyError, EOFError) as err:
-        problem = f"unreadable cache ({err}); delete it or prepare again"
-        raise _fail(path, problem, layout, IMAGENET_SOURCE) from err
-    if images.dtype != np.uint8 or images.shape[1:] != (3, SIZE, SIZE) or labels.shape != images.shape[:1]:
-        raise _fail(
-            path,
-            f"cache holds images {images.shape} {images.dtype}, labels {labels.shape}; "
-            "delete it or prepare again",
-            layout,
-            IMAGENET_SOURCE,
-        )
-    current = tuple(sorted(p.name for p in folder.iterdir() if p.is_dir())) if folder.is_dir() else classes
-    if current != classes:
-        raise _fail(
-            path,
-            f"cache has {len(classes)} classes but {folder} has {len(current)}; prepare again",
-            layout,
-            IMAGENET_SOURCE,
-        )
-    return Images(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)), classes)

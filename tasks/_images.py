@@ -1,10 +1,12 @@
 """Image files -> a prepared uint8 cache, and a dataset that reads the cache or decodes on the fly.
 
 Shared by the image tasks (not a task module: the ``_`` prefix keeps the registry from scanning it).
-:func:`build_cache` decodes and resizes every image once (PIL, bilinear, in a process pool) into one
-``.npy`` array ``[N, 3, H, W]`` written with ``numpy.lib.format.open_memmap``, then writes a JSON
-manifest (the size and SHA-256 of the source lists and the image size) *last*: an array without a
-matching manifest is partial or stale and is never read (:func:`find_cache`). The cache goes beside the
+:func:`build_cache` decodes and resizes every image once (PIL, in a process pool) into one ``.npy``
+array ``[N, 3, H, W]`` written with ``numpy.lib.format.open_memmap``, then writes a JSON manifest (a
+fingerprint of the sources, the image count, size and resize filter) *last*: an array without a
+matching manifest is partial or stale and is never read (:func:`find_cache`). The sources are list
+files (:func:`file_fingerprints`: size and SHA-256 of each) or, for a folder tree of images, the sorted
+file list (:func:`tree_fingerprint`: names and sizes). The cache goes beside the
 data (``<data dir>/gsb_cache/``) or, where that folder is read-only, under
 ``$XDG_CACHE_HOME/gradient-surgery-bench/`` (default ``~/.cache``). Decoding on the fly goes through
 the same :func:`decode_image`, so both give identical pixels.
@@ -20,6 +22,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -38,17 +41,24 @@ CACHE_FORMAT = 1
 CACHE_FOLDER = "gsb_cache"
 CHUNK = 64
 """Images per task handed to a pool worker."""
+RESAMPLE = MappingProxyType({"bilinear": Image.Resampling.BILINEAR, "box": Image.Resampling.BOX})
+"""The resize filters: ``bilinear`` as torchvision's ``Resize((size, size))`` on a PIL image (CelebA in
+FAMO), ``box`` as the downsampled ImageNet of Chrabaszcz et al. 2017 ("A Downsampled Variant of ImageNet
+as an Alternative to the CIFAR datasets")."""
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """The image at ``path`` as RGB, resized to ``size`` x ``size`` (PIL bilinear, as torchvision's
-    ``Resize((size, size))`` on a PIL image), uint8 ``[3, size, size]``."""
+def decode_image(path: Path, size: int, resample: str = "bilinear") -> np.ndarray:
+    """The image at ``path`` as RGB, resized to ``size`` x ``size`` with the filter ``resample`` (a key
+    of :data:`RESAMPLE`), uint8 ``[3, size, size]``. With ``box``, a JPEG is first decoded at the
+    smallest DCT scale that keeps at least ``2 * size`` pixels a side (PIL's ``draft``), much faster."""
     try:
         with Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+            if resample == "box":
+                image.draft("RGB", (2 * size, 2 * size))
+            pixels = np.asarray(image.convert("RGB").resize((size, size), RESAMPLE[resample]))
     except FileNotFoundError as err:
         raise DataError(f"{path}: image file not found") from err
-    except OSError as err:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+    except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError and truncated files are OSErrors
         raise DataError(f"{path}: cannot decode the image: {err}") from err
     return pixels.transpose(2, 0, 1).copy()
 
@@ -62,14 +72,35 @@ def fingerprint(path: Path) -> dict[str, Any]:
     return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
-def manifest(sources: Sequence[Path], count: int, size: int) -> dict[str, Any]:
-    """What a cache of ``count`` images at ``size`` built from the list files ``sources`` must record."""
+def file_fingerprints(files: Sequence[Path]) -> dict[str, Any]:
+    """The :func:`fingerprint` of each list file, by file name: the sources of a cache of listed images."""
+    return {p.name: fingerprint(p) for p in files}
+
+
+def tree_fingerprint(folder: Path, files: Sequence[Path]) -> dict[str, Any]:
+    """``{"files", "bytes", "sha256"}`` of the image ``files`` under ``folder``, in their order: the
+    SHA-256 of one ``<path relative to folder>\t<size>`` line per file. Renaming, adding, removing or
+    rewriting (to another size) a file changes it, without reading a single image."""
+    digest = hashlib.sha256()
+    total = 0
+    for path in files:
+        size = path.stat().st_size
+        total += size
+        digest.update(f"{path.relative_to(folder).as_posix()}\t{size}\n".encode())
+    return {"files": len(files), "bytes": total, "sha256": digest.hexdigest()}
+
+
+def manifest(sources: Mapping[str, Any], count: int, size: int, resample: str = "bilinear") -> dict[str, Any]:
+    """What a cache of ``count`` images at ``size`` (filter ``resample``) must record; ``sources``
+    fingerprints what it was built from (:func:`file_fingerprints`, :func:`tree_fingerprint`)."""
+    if resample not in RESAMPLE:
+        raise ValueError(f"resample={resample!r} must be one of {tuple(RESAMPLE)}")
     return {
         "format": CACHE_FORMAT,
         "images": count,
         "size": size,
-        "resize": "PIL bilinear",
-        "sources": {p.name: fingerprint(p) for p in sources},
+        "resize": f"PIL {resample}",
+        "sources": dict(sources),
     }
 
 
@@ -113,7 +144,7 @@ def _cache_problem(array: Path, manifest_file: Path, expected: Mapping[str, Any]
     except (OSError, ValueError) as err:
         return f"unreadable manifest ({err})"
     if recorded != expected:
-        return "built from other list files or another image size (stale)"
+        return "built from other sources, or at another image size or filter (stale)"
     try:
         shape = np.load(array, mmap_mode="r").shape
     except (OSError, ValueError) as err:
@@ -126,15 +157,16 @@ def build_cache(
     images: Sequence[Path], data_dir: Path, stem: str, expected: Mapping[str, Any], workers: int
 ) -> Path:
     """Decode ``images`` (in order) into the cache ``stem`` of ``data_dir`` with ``workers`` processes
-    (0 or 1: in this process); the manifest ``expected`` is written last. Returns the array's path."""
-    size = expected["size"]
+    (0 or 1: in this process), at the size and filter of the :func:`manifest` ``expected``, which is
+    written last. Returns the array's path."""
+    size, resample = expected["size"], expected["resize"].removeprefix("PIL ")
     folder = next((f for f in cache_folders(data_dir) if _usable_folder(f)), None)
     if folder is None:
         raise DataError(f"{data_dir}: no writable folder for the image cache: {cache_folders(data_dir)}")
     array_file, manifest_file = cache_files(folder, stem)
     manifest_file.unlink(missing_ok=True)  # from here on, an interruption leaves no valid cache
     array = open_memmap(array_file, mode="w+", dtype=np.uint8, shape=(len(images), 3, size, size))
-    decoded = _decode_all(images, size, workers)
+    decoded = decode_all(images, size, workers, resample)
     for row, pixels in enumerate(tqdm(decoded, total=len(images), desc=f"prepare {stem}", unit="img")):
         array[row] = pixels
     array.flush()
@@ -155,13 +187,17 @@ def _usable_folder(folder: Path) -> bool:
     return True
 
 
-def _decode_all(images: Sequence[Path], size: int, workers: int) -> Iterator[np.ndarray]:
-    """The decoded images in order, from a pool of ``workers`` processes (0 or 1: this process)."""
+def decode_all(
+    images: Sequence[Path], size: int, workers: int, resample: str = "bilinear"
+) -> Iterator[np.ndarray]:
+    """:func:`decode_image` of each of ``images`` in order, from a pool of ``workers`` processes (0 or
+    1: this process)."""
     if workers <= 1:
-        yield from (decode_image(path, size) for path in images)
+        yield from (decode_image(path, size, resample) for path in images)
         return
     with ProcessPoolExecutor(workers) as pool:
-        yield from pool.map(decode_image, images, itertools.repeat(size), chunksize=CHUNK)
+        repeat = itertools.repeat
+        yield from pool.map(decode_image, images, repeat(size), repeat(resample), chunksize=CHUNK)
 
 
 class ImageDataset(Dataset):

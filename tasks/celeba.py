@@ -47,7 +47,7 @@ def cache_stem(size: int) -> str:
 
 
 def cache_manifest(layout: lists.Layout, count: int, size: int) -> dict[str, object]:
-    return images.manifest(layout.lists, count, size)
+    return images.manifest(images.file_fingerprints(layout.lists), count, size)
 
 
 @TASKS.register("celeba")

@@ -21,10 +21,8 @@ the certificate :func:`min_norm` computes exactly.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -35,7 +33,8 @@ from scipy.stats import ortho_group
 from torch import Tensor, nn
 
 from benchmark.registry import TASKS
-from benchmark.task import Batch, Metric, MultiTaskModel, Task
+from benchmark.task import Metric, MultiTaskModel
+from tasks._point import Point, PointTask
 
 log = logging.getLogger(__name__)
 
@@ -181,17 +180,6 @@ def hypervolume(losses: Tensor, reference: Tensor) -> float:
 # The task
 
 
-class Point(nn.Module):
-    """The shared "trunk": the point x itself, returned as z of shape ``[1, d]``; inputs are ignored."""
-
-    def __init__(self, start: Tensor) -> None:
-        super().__init__()
-        self.x = nn.Parameter(start.float().clone())
-
-    def forward(self, inputs: Tensor | None = None) -> Tensor:
-        return self.x.unsqueeze(0)
-
-
 class Quadratic(nn.Module):
     """A parameter-free head: z ``[1, d]`` -> ½ (z − c)ᵀ B (z − c)."""
 
@@ -218,7 +206,7 @@ def _check_float(name: str, value: object, low: float, high: float = math.inf) -
 
 
 @TASKS.register("quadratics")
-class Quadratics(Task):
+class Quadratics(PointTask):
     """T convex quadratics on a point x ∈ Rᵈ (see the module docstring); x is the only (shared) parameter.
 
     Args:
@@ -249,8 +237,6 @@ class Quadratics(Task):
             "eval_every": 200,
         }
     )
-    eval_splits = ("train",)
-    deterministic = True
 
     def __init__(
         self,
@@ -280,12 +266,6 @@ class Quadratics(Task):
         heads = [Quadratic(c, b) for c, b in zip(self.problem.centres, self.problem.curvatures, strict=True)]
         return MultiTaskModel(Point(self.start), heads)
 
-    def train_batches(self, batch_size: int | None, generator: torch.Generator) -> Iterator[Batch]:
-        return itertools.repeat(Batch())
-
-    def losses(self, outputs: list[Tensor], batch: Batch) -> Tensor:
-        return torch.stack(outputs)
-
     def metrics(self) -> list[Metric]:
         return [
             Metric("pareto_distance", False, "Euclidean distance from x to the Pareto set"),
@@ -295,7 +275,7 @@ class Quadratics(Task):
 
     @torch.no_grad()
     def evaluate(self, model: MultiTaskModel, split: str) -> dict[str, float]:
-        x = model.trunk(None)[0].detach().cpu().double()
+        x = self.point(model)
         losses = self.problem.losses(x)
         return {
             "pareto_distance": pareto_distance(self.problem, x)[0],

@@ -26,9 +26,8 @@ gradients vanish and it stops. With SGD (the default), each step is the gradient
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from types import MappingProxyType
 
 import numpy as np
@@ -37,7 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.registry import TASKS
-from benchmark.task import Batch, Landscape, Metric, MultiTaskModel, Task
+from benchmark.task import Landscape, Metric, MultiTaskModel
+from tasks._point import Point, PointTask
 
 INNER_SLOPE = 6.0
 """K: the summed loss is K h(u) on |u| ≤ 1."""
@@ -75,17 +75,6 @@ def start_point(dim: int, start: int) -> tuple[float, ...]:
     return tuple(float(c) for c in rng.uniform(-TERRACE_END, TERRACE_END, dim))
 
 
-class Point(nn.Module):
-    """The shared "trunk": the point x itself, returned as z of shape ``[1, d]``; inputs are ignored."""
-
-    def __init__(self, start: Sequence[float]) -> None:
-        super().__init__()
-        self.x = nn.Parameter(torch.tensor(start))
-
-    def forward(self, inputs: Tensor | None = None) -> Tensor:
-        return self.x.unsqueeze(0)
-
-
 class Loss(nn.Module):
     """A parameter-free head: z ``[1, d]`` -> Lᵢ(z)."""
 
@@ -111,7 +100,7 @@ def _resolve_start(dim: int, start: int | Sequence[float]) -> tuple[float, ...]:
 
 
 @TASKS.register("sign_conflict")
-class SignConflict(Task):
+class SignConflict(PointTask):
     """Two losses on x ∈ Rᵈ whose sum has spurious stationary points (see the module docstring).
 
     Args:
@@ -131,8 +120,6 @@ class SignConflict(Task):
     train_defaults = MappingProxyType(
         {"optimizer": "sgd", "lr": 0.1, "steps": 1000, "batch_size": None, "eval_every": 50}
     )
-    eval_splits = ("train",)
-    deterministic = True
 
     def __init__(self, dim: int = 2, start: int | Sequence[float] = 0) -> None:
         super().__init__(("loss1", "loss2"))
@@ -144,12 +131,6 @@ class SignConflict(Task):
     def build_model(self) -> MultiTaskModel:
         return MultiTaskModel(Point(self.start), [Loss(0), Loss(1)])
 
-    def train_batches(self, batch_size: int | None, generator: torch.Generator) -> Iterator[Batch]:
-        return itertools.repeat(Batch())
-
-    def losses(self, outputs: list[Tensor], batch: Batch) -> Tensor:
-        return torch.stack(outputs)
-
     def metrics(self) -> list[Metric]:
         return [
             Metric("joint_min", True, f"1 when the distance to the joint minimum is <= {JOINT_TOLERANCE}"),
@@ -158,7 +139,7 @@ class SignConflict(Task):
 
     @torch.no_grad()
     def evaluate(self, model: MultiTaskModel, split: str) -> dict[str, float]:
-        x = model.trunk(None)[0].detach().cpu().double()
+        x = self.point(model)
         with torch.enable_grad():
             point = x.clone().requires_grad_(True)
             losses = sign_conflict_losses(point)

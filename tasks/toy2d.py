@@ -13,9 +13,8 @@ nothing. Here clipping is the explicit ``clip_grad_norm`` training setting, off 
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache, partial
 from types import MappingProxyType
@@ -24,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.registry import TASKS
-from benchmark.task import Batch, Landscape, Metric, MultiTaskModel, Task
+from benchmark.task import Landscape, Metric, MultiTaskModel
+from tasks._point import Point, PointTask
 
 BOUNDS = (-11.0, 11.0, -11.0, 11.0)
 """The plotted square, as in CAGrad's contour plots."""
@@ -83,17 +83,6 @@ def toy_loss(x: Tensor, index: int, scale1: float = 1.0) -> Tensor:
 def toy_losses(x: Tensor, scale1: float = 1.0) -> Tensor:
     """Points ``[..., 2]`` -> losses ``[..., 2]`` (L₁ multiplied by ``scale1``), see :func:`toy_loss`."""
     return torch.stack([toy_loss(x, 0, scale1), toy_loss(x, 1)], dim=-1)
-
-
-class ToyPoint(nn.Module):
-    """The shared "trunk": the point x itself, returned as z of shape ``[1, 2]``; inputs are ignored."""
-
-    def __init__(self, start: tuple[float, float]) -> None:
-        super().__init__()
-        self.x = nn.Parameter(torch.tensor(start))
-
-    def forward(self, inputs: Tensor | None = None) -> Tensor:
-        return self.x.unsqueeze(0)
 
 
 class ToyObjective(nn.Module):
@@ -235,7 +224,7 @@ def _resolve_start(variant: str, start: int | Sequence[float]) -> tuple[float, f
 
 
 @TASKS.register("toy2d")
-class Toy2D(Task):
+class Toy2D(PointTask):
     """CAGrad / Nash-MTL / FAMO two-objective toy; the point x is the only (shared) parameter.
 
     Args:
@@ -248,8 +237,6 @@ class Toy2D(Task):
     """
 
     description = "CAGrad / Nash-MTL two-objective toy in the plane (Adam on x, distance to the Pareto front)"
-    eval_splits = ("train",)
-    deterministic = True  # no data, and the start is a parameter: the seed changes nothing
 
     def __init__(self, variant: str = "nashmtl", start: int | Sequence[float] = 0) -> None:
         super().__init__(("loss1", "loss2"))
@@ -271,13 +258,7 @@ class Toy2D(Task):
 
     def build_model(self) -> MultiTaskModel:
         heads = [ToyObjective(i, self.scale1) for i in range(2)]
-        return MultiTaskModel(ToyPoint(self.start), heads)
-
-    def train_batches(self, batch_size: int | None, generator: torch.Generator) -> Iterator[Batch]:
-        return itertools.repeat(Batch())
-
-    def losses(self, outputs: list[Tensor], batch: Batch) -> Tensor:
-        return torch.stack(outputs)
+        return MultiTaskModel(Point(self.start), heads)
 
     def metrics(self) -> list[Metric]:
         return [
@@ -289,7 +270,7 @@ class Toy2D(Task):
 
     @torch.no_grad()
     def evaluate(self, model: MultiTaskModel, split: str) -> dict[str, float]:
-        x = model.trunk(None)[0].detach().cpu().double()
+        x = self.point(model)
         losses = toy_losses(x, self.scale1)
         gap = pareto_gap(losses, pareto(self.variant)[1])
         return {

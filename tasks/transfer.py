@@ -12,18 +12,17 @@ of He et al. 2016 (ResNet-20 by default), not the paper's network; the training 
 usual CIFAR recipe of He et al.: SGD with momentum 0.9, weight decay 5e-4, 4-pixel crops and flips).
 
 Data under the data root (:mod:`benchmark.data`; nothing is downloaded; formats in
-:mod:`tasks._image_data`): ``cifar-100-python/`` (target), ``imagenet/train/`` or
-``cifar-10-batches-py/`` (source). Splits: target validation is a stratified, seeded hold-out of
-``val_fraction`` of CIFAR-100's training set, target test is CIFAR-100's test set; source accuracy (a
-diagnostic) is measured on a seeded hold-out of ``source_eval_size`` source training images (at most a
-tenth of them, so that a small source still trains), and at
-test time on CIFAR-10's test set when that is the source. ``run_all.py prepare transfer`` decodes the
-ImageFolder tree at ``imagenet/train`` once into ``.gsb-cache/`` under the data root.
+:mod:`tasks._image_data` and :mod:`tasks._imagefolder`): ``cifar-100-python/`` (target),
+``imagenet/train/`` or ``cifar-10-batches-py/`` (source). Splits: target validation is a stratified,
+seeded hold-out of ``val_fraction`` of CIFAR-100's training set, target test is CIFAR-100's test set;
+source accuracy (a diagnostic) is measured on a seeded hold-out of ``source_eval_size`` source training
+images (at most a tenth of them, so that a small source still trains), and at test time on CIFAR-10's
+test set when that is the source. ``run_all.py prepare transfer`` decodes the ImageFolder tree at
+``imagenet/train`` once into the shared image cache (:mod:`tasks._images`), beside the tree.
 """
 
 from __future__ import annotations
 
-import logging
 import pickle
 from collections.abc import Mapping
 from functools import cached_property
@@ -42,37 +41,27 @@ from tasks._image_data import (
     CIFAR10_LAYOUT,
     CIFAR100_LAYOUT,
     CIFAR_SOURCE,
-    IMAGEFOLDER_LAYOUT,
-    IMAGENET_SOURCE,
-    SIZE,
     Images,
     cifar10_files,
-    image_files,
     load_cifar10,
     load_cifar100,
+)
+from tasks._imagefolder import (
+    IMAGEFOLDER_LAYOUT,
+    IMAGENET_SOURCE,
+    find_imagefolder_cache,
     load_imagefolder,
-    read_cache,
-    write_cache,
+    prepare_imagefolder,
 )
 from tasks._resnet import cifar_resnet
 from tasks._transfer import Labelled, TransferData, TransferTask, check_fraction, check_int
-
-log = logging.getLogger(__name__)
 
 SOURCES = ("imagefolder", "cifar10")
 PROTOCOLS = ("mixed", "finetune")
 SOURCE_DIRS = MappingProxyType({"imagefolder": "imagenet/train", "cifar10": "cifar-10-batches-py"})
 TARGET_DIR = "cifar-100-python"
-CACHE_DIR = ".gsb-cache"
 PAD = 4
 """Padding of the random crops (He et al. 2016, §4.2)."""
-DECODE_HINT = 20_000
-"""Above this many images, decoding an ImageFolder tree without a cache logs a hint to prepare it."""
-
-
-def cache_path(data_root: Path, source_dir: str) -> Path:
-    """Where ``run_all.py prepare`` stores the decoded ImageFolder tree ``data_root / source_dir``."""
-    return data_root / CACHE_DIR / f"{source_dir.strip('/').replace('/', '__')}-{SIZE}px.npz"
 
 
 def augment(images: Tensor, generator: torch.Generator) -> Tensor:
@@ -277,15 +266,7 @@ class Transfer(TransferTask):
         folder = self.path(self.source_dir)
         if self.source == "cifar10":
             return load_cifar10(folder, "train"), load_cifar10(folder, "test")
-        cache = cache_path(require_root(self.data_root, self.name), self.source_dir)
-        if cache.is_file():
-            return read_cache(cache, folder), None
-        images = load_imagefolder(folder)
-        if len(images) > DECODE_HINT:
-            log.info(
-                "decoded %d images of %s; 'run_all.py prepare transfer' caches them once", len(images), folder
-            )
-        return images, None
+        return load_imagefolder(folder), None
 
     def as_inputs(self, stored: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """uint8 images -> float, augmented when training (``generator`` given) and ``self.augment``,
@@ -313,17 +294,22 @@ class Transfer(TransferTask):
         for name, folder in (("CIFAR-100", TARGET_DIR), *(((s, d) for s, d in SOURCE_DIRS.items()))):
             path = data_root / folder
             parts.append(f"{name} {'present' if path.is_dir() else 'missing'} at {path}")
-        cache = cache_path(data_root, SOURCE_DIRS["imagefolder"])
-        parts.append(f"imagefolder cache {'present' if cache.is_file() else 'not prepared'} at {cache}")
+        tree = data_root / SOURCE_DIRS["imagefolder"]
+        if tree.is_dir():
+            try:
+                cache = find_imagefolder_cache(tree)
+            except DataError as err:
+                parts.append(f"imagefolder not ready: {err}")
+            else:
+                missing = "not prepared (python run_all.py prepare transfer)"
+                parts.append(f"imagefolder cache {f'prepared: {cache}' if cache else missing}")
         return "; ".join(parts)
 
     @classmethod
     def prepare(cls, data_root: Path, workers: int) -> None:
-        """Decode the ImageFolder tree at ``imagenet/train`` into its cache (``workers`` processes)."""
-        root = require_root(data_root, cls.name)
-        folder = root / SOURCE_DIRS["imagefolder"]
-        image_files(folder)  # a DataError now if the tree is missing or empty
-        write_cache(load_imagefolder(folder, workers), cache_path(root, SOURCE_DIRS["imagefolder"]))
+        """Decode the ImageFolder tree at ``imagenet/train`` into its cache (``workers`` processes),
+        unless a current one exists."""
+        prepare_imagefolder(require_root(data_root, cls.name) / SOURCE_DIRS["imagefolder"], workers)
 
 
 def channel_stats(images: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:

@@ -1,4 +1,3 @@
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -18,6 +17,7 @@ from tasks import _images as images
 from tasks._celeba_lists import ATTRIBUTES, PROJECT_PAGE
 from tasks.celeba import CelebA, attribute_scores, cache_stem
 from tests.tasks.celeba_fixture import PARTITION, attribute_values, image_name, make_celeba, replace_line
+from tests.tasks.training import TRAIN_SETTINGS
 
 CONFIGS = Path(__file__).parents[2] / "configs" / "paper"
 SMALL = {"image_size": 8, "attributes": ["Bald", "Male", "Young"]}
@@ -39,7 +39,7 @@ def test_registered_with_metrics_and_defaults(root):
     assert TASKS.get("celeba") is CelebA and CelebA.needs_data
     task = get_task("celeba", root)
     assert task.num_tasks == 40 and task.task_names == ATTRIBUTES
-    assert set(task.train_defaults) <= {f.name for f in dataclasses.fields(TrainSpec)}
+    assert set(task.train_defaults) <= TRAIN_SETTINGS
     assert task.train_defaults["steps"] == 15 * 636  # 15 epochs of ceil(162,770 / 256) steps
     assert task.train_defaults["lr"] == 3e-4 and task.train_defaults["batch_size"] == 256
     assert CelebA(model="resnet18", data_root=root).train_defaults["lr"] == 5e-4

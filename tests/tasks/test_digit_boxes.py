@@ -1,4 +1,3 @@
-import dataclasses
 import math
 import re
 
@@ -9,10 +8,10 @@ import torch
 import tasks.digit_boxes
 from benchmark.config import parse_suite
 from benchmark.registry import TASKS
-from benchmark.specs import TrainSpec
 from benchmark.trainer import run
 from tasks.digit_boxes import DigitBoxes, box_iou, box_targets, draw_boxes, paste
 from tasks.digits import load_splits
+from tests.tasks.training import TRAIN_SETTINGS, last_metrics
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +30,7 @@ def test_registered_and_labelled_a_proxy():
     assert TASKS.get("detection_proxy") is DigitBoxes
     assert DigitBoxes.description.startswith("Proxy:")
     assert "Waymo" in tasks.digit_boxes.__doc__ and "not comparable" in tasks.digit_boxes.__doc__
-    assert set(DigitBoxes.train_defaults) <= {f.name for f in dataclasses.fields(TrainSpec)}
+    assert set(DigitBoxes.train_defaults) <= TRAIN_SETTINGS
     assert DigitBoxes().task_names == ("class", "centre", "size")
     assert {m.name: m.higher_is_better for m in DigitBoxes().metrics()} == {"accuracy": True, "iou": True}
 
@@ -164,8 +163,5 @@ def test_unknown_split(task):
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_torch_thread")
 def test_default_settings_learn_both_class_and_box():
-    raw = {"train": {"steps": 400, "eval_every": 400}, "tasks": ["detection_proxy"], "methods": ["ew"]}
-    result = run(parse_suite(raw).runs[0])
-    assert result.status == "ok", result.error
-    values = {row.name: row.value for row in result.metrics if row.step == 400 and row.split == "val"}
+    values = last_metrics("detection_proxy", steps=400)
     assert values["accuracy"] > 0.3 and values["iou"] > 0.4  # chance 0.1; whole-canvas box ~0.11

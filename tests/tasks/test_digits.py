@@ -1,12 +1,10 @@
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 
 from benchmark.registry import TASKS
-from benchmark.specs import TrainSpec
 from tasks.digits import ATTRIBUTES, Digits, attribute_targets, load_splits, scores, split_indices
+from tests.tasks.training import TRAIN_SETTINGS, train_with_defaults
 
 
 def column(task: Digits, name: str) -> int:
@@ -15,7 +13,7 @@ def column(task: Digits, name: str) -> int:
 
 def test_registered_with_defaults():
     assert TASKS.get("digits") is Digits
-    assert set(Digits.train_defaults) <= {f.name for f in dataclasses.fields(TrainSpec)}
+    assert set(Digits.train_defaults) <= TRAIN_SETTINGS
     assert Digits.train_defaults["batch_size"] == 128
     assert Digits.eval_splits == ("val", "test") and Digits.selection_metric == "f1"
     assert Digits().num_tasks == len(ATTRIBUTES) == 17
@@ -149,13 +147,4 @@ def test_unknown_split():
 @pytest.mark.slow
 def test_default_training_beats_chance():
     task = Digits()
-    torch.manual_seed(0)
-    model = task.build_model()
-    optimizer = torch.optim.Adam(model.parameters(), lr=task.train_defaults["lr"])
-    batches = task.train_batches(task.train_defaults["batch_size"], torch.Generator().manual_seed(0))
-    for _ in range(task.train_defaults["steps"]):
-        batch = next(batches)
-        optimizer.zero_grad()
-        task.losses(model(batch.inputs), batch).sum().backward()
-        optimizer.step()
-    assert task.evaluate(model, "val")["f1"] > 0.8
+    assert task.evaluate(train_with_defaults(task), "val")["f1"] > 0.8

@@ -1,4 +1,3 @@
-import dataclasses
 import math
 
 import numpy as np
@@ -7,10 +6,10 @@ import torch
 
 from benchmark.config import parse_suite
 from benchmark.registry import TASKS
-from benchmark.specs import TrainSpec
 from benchmark.trainer import run
 from tasks.digits import load_splits
 from tasks.multi_digits import MultiDigits, draw_pairs, overlay
+from tests.tasks.training import TRAIN_SETTINGS, last_metrics
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +19,7 @@ def task() -> MultiDigits:
 
 def test_registered_with_defaults():
     assert TASKS.get("multi_digits") is MultiDigits
-    assert set(MultiDigits.train_defaults) <= {f.name for f in dataclasses.fields(TrainSpec)}
+    assert set(MultiDigits.train_defaults) <= TRAIN_SETTINGS
     assert MultiDigits().task_names == ("left", "right")
     assert MultiDigits.eval_splits == ("val", "test")
     assert MultiDigits.selection_metric in {m.name for m in MultiDigits().metrics()}
@@ -133,9 +132,5 @@ def test_unknown_split(task):
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_torch_thread")
 def test_default_settings_train_well_beyond_chance():
-    raw = {"train": {"steps": 400, "eval_every": 400}, "tasks": ["multi_digits"], "methods": ["ew"]}
-    result = run(parse_suite(raw).runs[0])
-    assert result.status == "ok", result.error
-    last = max(row.step for row in result.metrics)
-    values = {row.name: row.value for row in result.metrics if row.step == last and row.split == "val"}
+    values = last_metrics("multi_digits", steps=400)
     assert values["acc/left"] > 0.8 and values["acc/right"] > 0.8  # chance: 0.1

@@ -1,4 +1,3 @@
-import dataclasses
 import math
 
 import numpy as np
@@ -7,7 +6,6 @@ import torch
 
 from benchmark.config import parse_suite
 from benchmark.registry import TASKS
-from benchmark.specs import TrainSpec
 from benchmark.trainer import run
 from tasks.quadratics import (
     Problem,
@@ -18,6 +16,7 @@ from tasks.quadratics import (
     pareto_distance,
     start_point,
 )
+from tests.tasks.training import TRAIN_SETTINGS
 
 
 def identity_pair(c1: list[float], c2: list[float]) -> Problem:
@@ -29,7 +28,7 @@ def test_registered_with_defaults():
     assert TASKS.get("quadratics") is Quadratics
     assert Quadratics.description and Quadratics.deterministic
     assert Quadratics.eval_splits == ("train",)
-    assert set(Quadratics.train_defaults) <= {f.name for f in dataclasses.fields(TrainSpec)}
+    assert set(Quadratics.train_defaults) <= TRAIN_SETTINGS
     assert Quadratics(num_tasks=5).task_names == ("quad0", "quad1", "quad2", "quad3", "quad4")
 
 

@@ -1,4 +1,3 @@
-import dataclasses
 import math
 
 import pytest
@@ -7,7 +6,6 @@ import torch
 from benchmark.config import parse_suite
 from benchmark.method import StepContext, get_method
 from benchmark.registry import TASKS
-from benchmark.specs import TrainSpec
 from benchmark.trainer import run
 from tasks.sign_conflict import (
     JOINT_TOLERANCE,
@@ -17,6 +15,7 @@ from tasks.sign_conflict import (
     sign_conflict_losses,
     start_point,
 )
+from tests.tasks.training import TRAIN_SETTINGS
 
 
 def profile(u: float) -> tuple[float, float]:
@@ -44,7 +43,7 @@ def test_registered_with_defaults():
     assert TASKS.get("sign_conflict") is SignConflict
     assert SignConflict.description and SignConflict.deterministic
     assert SignConflict.eval_splits == ("train",)
-    assert set(SignConflict.train_defaults) <= {f.name for f in dataclasses.fields(TrainSpec)}
+    assert set(SignConflict.train_defaults) <= TRAIN_SETTINGS
     assert SignConflict.train_defaults["optimizer"] == "sgd"
 
 

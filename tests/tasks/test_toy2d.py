@@ -1,4 +1,3 @@
-import dataclasses
 import math
 
 import pytest
@@ -6,7 +5,6 @@ import torch
 
 from benchmark.config import parse_suite
 from benchmark.registry import TASKS
-from benchmark.specs import TrainSpec
 from benchmark.task import Batch
 from benchmark.trainer import run
 from tasks.toy2d import (
@@ -18,6 +16,7 @@ from tasks.toy2d import (
     pareto_gap,
     toy_losses,
 )
+from tests.tasks.training import TRAIN_SETTINGS
 
 
 def losses_at(x1: float, x2: float, scale1: float = 1.0) -> tuple[float, float]:
@@ -75,7 +74,7 @@ def test_starts_and_defaults(variant):
     assert defaults["steps"] == {"nashmtl": 35_000, "cagrad": 100_000}[variant]
     assert defaults["optimizer"] == "adam" and defaults["lr"] == 1e-3
     assert defaults["clip_grad_norm"] is None and defaults["batch_size"] is None
-    assert set(defaults) <= {f.name for f in dataclasses.fields(TrainSpec)}
+    assert set(defaults) <= TRAIN_SETTINGS
 
 
 def test_published_starts():

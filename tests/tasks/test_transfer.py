@@ -16,12 +16,14 @@ import torch
 from benchmark.config import load_suite, parse_suite
 from benchmark.data import DataError
 from benchmark.registry import TASKS
-from benchmark.specs import TrainSpec
 from benchmark.task import get_task
 from benchmark.trainer import run
-from tasks._image_data import load_cifar10, load_cifar100, load_imagefolder
+from tasks import _images as images
+from tasks._image_data import load_cifar10, load_cifar100
+from tasks._imagefolder import find_imagefolder_cache, load_imagefolder
 from tasks._resnet import cifar_resnet
-from tasks.transfer import Transfer, augment, cache_path, channel_stats
+from tasks.transfer import Transfer, augment, channel_stats
+from tests.tasks.training import TRAIN_SETTINGS
 from tests.tasks.transfer_fixture import (
     COLOURS,
     write_cifar10,
@@ -36,7 +38,8 @@ SMALL = {"width": 4, "blocks": 1, "val_fraction": 0.25}
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user_cache"))
     write_cifar100(tmp_path)
     write_cifar10(tmp_path)
     write_imagefolder(tmp_path)
@@ -151,7 +154,7 @@ def test_bad_imagefolder_files_raise_data_errors_naming_them(root):
     folder = root / "imagenet" / "train"
     broken = folder / "n02" / "n02_1.JPEG"
     broken.write_bytes(broken.read_bytes()[:40])
-    with pytest.raises(DataError, match=f"^{broken}: not a readable image.*image-net.org"):
+    with pytest.raises(DataError, match=f"^{broken}: cannot decode the image.*wnid.*image-net.org"):
         load_imagefolder(folder)
     with pytest.raises(DataError, match=f"^{root / 'nowhere'}: folder not found.*wnid"):
         load_imagefolder(root / "nowhere")
@@ -166,7 +169,7 @@ def test_bad_imagefolder_files_raise_data_errors_naming_them(root):
 def test_registered_with_defaults_and_metrics():
     assert TASKS.get("transfer") is Transfer and Transfer.needs_data
     task = Transfer()
-    assert set(task.train_defaults) <= {f.name for f in dataclasses.fields(TrainSpec)}
+    assert set(task.train_defaults) <= TRAIN_SETTINGS
     assert task.task_names == ("source", "target")
     assert [(m.name, m.higher_is_better) for m in task.metrics()] == [("target_accuracy", True)]
     assert task.selection_metric == "target_accuracy" and task.eval_splits == ("val", "test")
@@ -301,16 +304,33 @@ def test_data_status_and_prepare(root):
     status = Transfer.data_status(root)
     assert f"CIFAR-100 present at {root / 'cifar-100-python'}" in status
     assert "imagefolder cache not prepared" in status
+    folder = root / "imagenet" / "train"
+    decoded = load_imagefolder(folder)  # no cache yet: decoded on the fly
     Transfer.prepare(root, workers=0)
-    assert "imagefolder cache present" in Transfer.data_status(root)
+    array, manifest = images.cache_files(root / "imagenet" / images.CACHE_FOLDER, "train_32x32")
+    assert find_imagefolder_cache(folder) == array and manifest.is_file()
+    assert f"imagefolder cache prepared: {array}" in Transfer.data_status(root)
     cached = get_task("transfer", root, source_eval_size=2, **SMALL)._source()[0]
-    decoded = load_imagefolder(root / "imagenet" / "train")
-    assert torch.equal(cached.images, decoded.images) and cached.classes == decoded.classes
-    (root / "imagenet" / "train" / "n03").mkdir()
-    with pytest.raises(DataError, match=f"^{cache_path(root, 'imagenet/train')}: .*prepare again"):
-        get_task("transfer", root, source_eval_size=2, **SMALL)._source()
+    assert torch.equal(cached.images, decoded.images) and torch.equal(cached.labels, decoded.labels)
+    assert cached.classes == decoded.classes == ("n01", "n02")
     with pytest.raises(DataError, match="folder not found"):
         Transfer.prepare(root / "cifar-10-batches-py", workers=0)
+
+
+def test_a_stale_imagefolder_cache_is_ignored_and_rebuilt(root):
+    folder = root / "imagenet" / "train"
+    Transfer.prepare(root, workers=0)
+    array = find_imagefolder_cache(folder)
+    (folder / "n01" / "n01_0.JPEG").rename(folder / "n02" / "n02_9.JPEG")  # same sizes, other files
+    assert find_imagefolder_cache(folder) is None
+    moved = load_imagefolder(folder)  # decoded on the fly, not the stale rows
+    assert moved.labels.tolist() == [0, 0, 1, 1, 1, 1]
+    assert moved.images[5].float().mean((1, 2)).sub(torch.tensor([20.0, 180, 240])).abs().max() < 4
+    Transfer.prepare(root, workers=0)
+    assert find_imagefolder_cache(folder) == array
+    assert torch.equal(load_imagefolder(folder).images, moved.images)
+    (folder / "n03").mkdir()  # a class without images: the pixels stay current, the classes follow the tree
+    assert find_imagefolder_cache(folder) == array and load_imagefolder(folder).classes[-1] == "n03"
 
 
 # --- training through the engine --------------------------------------------------------------

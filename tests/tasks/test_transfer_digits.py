@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -12,20 +11,20 @@ from benchmark.config import parse_suite
 from benchmark.gradients import backward_step
 from benchmark.method import Method, StepContext, get_method
 from benchmark.registry import METHODS, TASKS
-from benchmark.specs import TrainSpec
 from benchmark.task import Batch
 from benchmark.trainer import run
 from methods.graddrop import sign_purity
 from tasks._transfer import index_stream, rows_per_batch, separated_losses, separated_rows
 from tasks.digits import load_splits
 from tasks.transfer_digits import TransferDigits, few_labels
+from tests.tasks.training import TRAIN_SETTINGS, train_with_defaults
 
 
 def test_registered_as_a_proxy_with_defaults_and_metrics():
     assert TASKS.get("transfer_digits") is TransferDigits
     assert TransferDigits.description.startswith("Proxy:")
     assert "proxy" in TransferDigits.__doc__.lower()
-    assert set(TransferDigits.train_defaults) <= {f.name for f in dataclasses.fields(TrainSpec)}
+    assert set(TransferDigits.train_defaults) <= TRAIN_SETTINGS
     task = TransferDigits()
     assert task.task_names == ("source", "target")
     assert [(m.name, m.higher_is_better) for m in task.metrics()] == [("target_accuracy", True)]
@@ -220,14 +219,5 @@ def test_batch_size_must_hold_both_kinds_of_rows():
 @pytest.mark.slow
 def test_default_training_beats_chance_on_the_target():
     task = TransferDigits()
-    torch.manual_seed(0)
-    model = task.build_model()
-    optimizer = torch.optim.Adam(model.parameters(), lr=task.train_defaults["lr"])
-    batches = task.train_batches(task.train_defaults["batch_size"], torch.Generator().manual_seed(0))
-    for _ in range(task.train_defaults["steps"]):
-        batch = next(batches)
-        optimizer.zero_grad()
-        task.losses(model(batch.inputs), batch).sum().backward()
-        optimizer.step()
-    values = task.evaluate(model, "val")
+    values = task.evaluate(train_with_defaults(task), "val")
     assert values["target_accuracy"] > 0.6 and values["source_accuracy"] > 0.9
