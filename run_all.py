@@ -86,6 +86,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--max-retries", type=non_negative_int, default=2, help="Ray: retries of a run whose worker died"
     )
     run.add_argument("--device", help="override every run's device, e.g. cuda")
+    run.add_argument("--seeds", type=positive_int, help="run only the suite's first N seeds (a quick check)")
     run.add_argument(
         "--set",
         action="append",
@@ -194,7 +195,7 @@ def executor_options(args: argparse.Namespace) -> dict[str, object]:
 def cmd_run(args: argparse.Namespace) -> int:
     overrides = dict(args.set) | ({"device": args.device} if args.device else {})
     options = executor_options(args)
-    suite = load_suite(args.suite, overrides, args.data_root, args.plugin)  # runs carry the plugins
+    suite = load_suite(args.suite, overrides, args.data_root, args.plugin, args.seeds)  # runs carry plugins
     store = ResultsStore(args.results)
     store.save_suite(suite.name, suite.description, suite.path)
     statuses = run_suite(suite, store, args.executor, args.workers, rerun=args.rerun, options=options)

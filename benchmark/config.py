@@ -154,10 +154,12 @@ def load_suite(
     overrides: Mapping[str, Any] | None = None,
     data_root: str | Path | None = None,
     plugins: Sequence[str | Path] = (),
+    seeds: int | None = None,
 ) -> Suite:
     """Read and validate a suite file; ``overrides`` are TrainSpec settings from the command line that
     win over the file, ``data_root`` the command line's ``--data-root``, ``plugins`` its ``--plugin``
-    files (added to the suite's ``plugins``)."""
+    files (added to the suite's ``plugins``), ``seeds`` its ``--seeds`` (the first that many seeds of
+    the suite's, for a quick check)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: suite file not found")
@@ -169,7 +171,11 @@ def load_suite(
         raw = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader: no objects from tags
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(err)}") from err
-    return parse_suite(raw, source=path, overrides=overrides, data_root=data_root, plugins=plugins)
+    suite = parse_suite(raw, source=path, overrides=overrides, data_root=data_root, plugins=plugins)
+    if seeds is None:
+        return suite
+    kept = sorted({run.seed for run in suite.runs})[:seeds]
+    return dataclasses.replace(suite, runs=tuple(run for run in suite.runs if run.seed in kept))
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
