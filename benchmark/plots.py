@@ -312,7 +312,7 @@ def loss_box(finals: Mapping[str, np.ndarray], names: tuple[str, str], title: st
         ax.set(
             xlabel=f"{names[0]} / reference",
             ylabel=f"{names[1]} / reference",
-            title=f"{title}: final points in loss space (no Pareto front: the task is not built)",
+            title=f"{title}: final losses ÷ reference point (Pareto front not drawn)",
         )
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
         return _save(fig, path)
