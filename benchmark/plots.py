@@ -1,5 +1,6 @@
 """PNG plots for the report: metrics with 95 % intervals, validation curves, trajectories over a toy
-landscape and final points in loss space, gradient-conflict diagnostics, step times.
+landscape and final points in loss space, gradient-conflict diagnostics, step times, per-attribute
+values of many-task problems.
 
 Figures are built with :class:`matplotlib.figure.Figure` and rendered by Agg, never through pyplot:
 no window, no global figure state, nothing to close. The same input gives the same PNG bytes. Panels
@@ -281,6 +282,71 @@ def loss_space(
                 label=f"{method} (HV {share:.2f})",
             )
         ax.set(xlabel=names[0], ylabel=names[1], title=f"{title}: final points in loss space")
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
+        return _save(fig, path)
+
+
+def loss_box(finals: Mapping[str, np.ndarray], names: tuple[str, str], title: str, path: Path) -> Path:
+    """Each method's final points ``[runs, 2]`` as losses divided by the task's reference point, so
+    that the reference box is the unit square whatever each run's reference; the legend gives each
+    method's hypervolume (:func:`hypervolume_2d` against (1, 1)): the share of the box its points
+    dominate, for one point the one-point hypervolume Πᵢ(1 − Lᵢ/rᵢ)₊. No Pareto front: drawing it
+    needs the task built."""
+    colors = _palette(list(finals))
+    with _style():
+        fig = Figure(figsize=(PANEL[0] * 2, PANEL[1] * 1.6), layout="constrained")
+        ax = fig.subplots()
+        ax.plot([0, 1, 1], [1, 1, 0], color="black", linestyle="--", linewidth=1.0, label="reference box")
+        for method, points in finals.items():
+            share = hypervolume_2d(points, np.ones(2))
+            ax.scatter(
+                points[:, 0],
+                points[:, 1],
+                color=colors[method],
+                edgecolor="black",
+                s=30,
+                label=f"{method} (HV {share:.2f})",
+            )
+        ax.set_xlim(left=0.0)
+        ax.set_ylim(bottom=0.0)
+        ax.set(
+            xlabel=f"{names[0]} / reference",
+            ylabel=f"{names[1]} / reference",
+            title=f"{title}: final losses ÷ reference point (Pareto front not drawn)",
+        )
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
+        return _save(fig, path)
+
+
+def sorted_attributes(values: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
+    """``values`` (rows: method_label, attribute, mean) as attributes × methods, the attributes in
+    ascending order of the ``baseline`` method's value when it is among the methods, else of the mean
+    over methods (ties keep their order)."""
+    wide = values.pivot_table(index="attribute", columns="method_label", values="mean", sort=False)
+    key = wide[baseline] if baseline in wide.columns else wide.mean(axis=1)
+    return wide.loc[key.sort_values(kind="stable").index, list(dict.fromkeys(values["method_label"]))]
+
+
+def attribute_points(
+    values: pd.DataFrame, metric: str, title: str, path: Path, baseline: str | None = None
+) -> Path:
+    """Per attribute, each method's value of ``metric`` (``values`` rows: method_label, attribute,
+    mean) as points joined by thin lines, sorted by :func:`sorted_attributes`. A fixed size: 40
+    attributes fit with their labels turned upright."""
+    wide = sorted_attributes(values, baseline)
+    methods = list(wide.columns)
+    colors = _palette(methods)
+    x = np.arange(len(wide))
+    with _style():
+        fig = Figure(figsize=(10.0, 4.2), layout="constrained")
+        ax = fig.subplots()
+        for method in methods:
+            line = {"marker": "o", "markersize": 4, "linewidth": 0.6, "color": colors[method]}
+            ax.plot(x, wide[method], label=method, **line)
+        ax.set_xticks(x, wide.index, rotation=90, fontsize="x-small")
+        ax.set_xlim(-0.5, len(wide) - 0.5)
+        order = f"{baseline}'s value" if baseline in methods else "the mean over methods"
+        ax.set(ylabel=metric, title=f"{title}: {metric} per attribute, sorted by {order}")
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
         return _save(fig, path)
 

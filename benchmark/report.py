@@ -443,14 +443,20 @@ def effect_cell(effect: float, low: float, high: float) -> str:
     return f"{text} [{low_text}, {high_text}]"
 
 
-def attribute_table(label: str, ev: Evaluation) -> list[Block]:
-    """For a task with many losses, each per-loss value (``<stat>/<task>``) per method, in a table."""
+def per_task_summary(label: str, ev: Evaluation) -> pd.DataFrame:
+    """For a task with 4 or more losses, the summary rows of its per-loss values (``<stat>/<task>``);
+    empty for fewer losses."""
     first = ev.runs[ev.runs["task_label"] == label].iloc[0]
     info = ev.infos.get(int(first["run_id"]), TaskInfo())
-    if len(info.task_names) < 4:
-        return []
     summary = ev.summary[ev.summary["task_label"] == label]
-    per_task = summary[summary["name"].map(lambda n: metric_task(n, info) is not None)]
+    if len(info.task_names) < 4:
+        return summary.iloc[:0]
+    return summary[summary["name"].map(lambda n: metric_task(n, info) is not None)]
+
+
+def attribute_table(label: str, ev: Evaluation) -> list[Block]:
+    """For a task with many losses, each per-loss value (``<stat>/<task>``) per method, in a table."""
+    per_task = per_task_summary(label, ev)
     if per_task.empty:
         return []
     wide = per_task.pivot(index="name", columns="method_label", values="mean")
@@ -459,6 +465,20 @@ def attribute_table(label: str, ev: Evaluation) -> list[Block]:
     rows = [[name, *(fmt(wide.loc[name, m]) for m in methods)] for name in names]
     table = Table(["Value", *methods], rows)
     return [Details(f"{label}: {len(names)} per-task values (means over runs)", [table])]
+
+
+def attribute_plot(label: str, ev: Evaluation, out_dir: Path, stem: str) -> list[Block]:
+    """For a task with many losses, the first per-loss statistic of the table (``error`` of
+    ``error/<attr>``) per attribute and method, sorted by the baseline's value."""
+    per_task = per_task_summary(label, ev)
+    if per_task.empty:
+        return []
+    stat = str(per_task["name"].iloc[0]).rpartition("/")[0]
+    rows = per_task[per_task["name"].str.rpartition("/")[0] == stat]
+    values = rows.assign(attribute=rows["name"].str.rpartition("/")[2])
+    path = out_dir / f"{stem}_attributes.png"
+    image = plots.attribute_points(values, stat, label, path, ev.settings.baseline)
+    return [Image(image, f"{label} {stat} per attribute")]
 
 
 def published_table(label: str, ev: Evaluation) -> list[Block]:
@@ -590,6 +610,36 @@ def landscape_blocks(
     return blocks
 
 
+def final_loss_ratios(label: str, ev: Evaluation) -> dict[str, np.ndarray]:
+    """For a two-loss task whose runs log ``loss/<task>`` and ``reference/<task>`` (its hypervolume's
+    reference point), per method label each ok run's losses at its evaluation point divided by the
+    reference, ``[runs, 2]``; empty for any other task."""
+    runs = ev.runs[(ev.runs["task_label"] == label) & (ev.runs["status"] == "ok")]
+    if runs.empty:
+        return {}
+    names = ev.infos.get(int(runs.iloc[0]["run_id"]), TaskInfo()).task_names
+    if len(names) != 2:
+        return {}
+    columns = [f"{stat}/{name}" for stat in ("loss", "reference") for name in names]
+    values = ev.values[ev.values["run_id"].isin(runs["run_id"]) & ev.values["name"].isin(columns)]
+    wide = values.pivot_table(index=["method_label", "run_id"], columns="name", values="value", sort=False)
+    wide = wide.reindex(columns=columns).dropna()
+    ratios = wide[columns[:2]].to_numpy() / wide[columns[2:]].to_numpy()
+    methods = wide.index.get_level_values("method_label")
+    return {str(m): ratios[methods == m] for m in dict.fromkeys(methods)}
+
+
+def loss_box_blocks(label: str, ev: Evaluation, out_dir: Path, stem: str) -> list[Block]:
+    """The final points in loss space of a two-loss task without a landscape, against its reference box
+    (:func:`final_loss_ratios`)."""
+    finals = final_loss_ratios(label, ev)
+    if not finals:
+        return []
+    names = ev.infos[int(ev.runs[ev.runs["task_label"] == label].iloc[0]["run_id"])].task_names
+    image = plots.loss_box(finals, (names[0], names[1]), label, out_dir / f"{stem}_loss_space.png")
+    return [Image(image, f"{label} final points in loss space")]
+
+
 def timing_blocks(
     label: str, timings: pd.DataFrame, out_dir: Path, stem: str, baseline: str
 ) -> list[Block]:
@@ -719,6 +769,7 @@ def task_section(
         *budget_warning(label, ev),
         *published_table(label, ev),
         *attribute_table(label, ev),
+        *attribute_plot(label, ev, out_dir, stem),
     ]
     detail = [*significance_table(label, ev), *tuning_table(label, ev)]
     if detail:
@@ -732,7 +783,7 @@ def task_section(
         image = plots.metric_points(shown if len(shown) else summary, label, path, metric_ranges(ev.infos))
         blocks.append(Image(image, f"{label} metrics"))
     blocks += curve_blocks(label, ev, metrics, out_dir, stem)
-    blocks += landscape_blocks(label, ev, metrics, out_dir, stem)
+    blocks += landscape_blocks(label, ev, metrics, out_dir, stem) or loss_box_blocks(label, ev, out_dir, stem)
     blocks += timing_blocks(label, timings, out_dir, stem, ev.settings.baseline)
     return blocks + diagnostics_blocks(label, diagnostics, metrics, out_dir, stem)
 

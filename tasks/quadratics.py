@@ -223,7 +223,8 @@ class Quadratics(PointTask):
 
     Metrics: ``pareto_distance`` (:func:`pareto_distance`), ``hypervolume`` (:func:`hypervolume` with the
     reference r = 1.1 L(start), so (1/11)ᵀ at the start) and ``min_norm`` (:func:`min_norm` of the
-    gradients, 0 exactly on the Pareto set: the stationarity measure); ``loss_sum`` as a diagnostic.
+    gradients, 0 exactly on the Pareto set: the stationarity measure); as diagnostics ``loss_sum``, each
+    loss ``loss/quad<i>`` and the reference ``reference/quad<i>`` (the report's loss-space plot).
     """
 
     description = "T convex quadratics in R^d: conflict angle, conditioning, scale spread; exact Pareto set"
@@ -277,9 +278,12 @@ class Quadratics(PointTask):
     def evaluate(self, model: MultiTaskModel, split: str) -> dict[str, float]:
         x = self.point(model)
         losses = self.problem.losses(x)
-        return {
+        values = {
             "pareto_distance": pareto_distance(self.problem, x)[0],
             "hypervolume": hypervolume(losses, self.reference),
             "min_norm": min_norm(self.problem.gradients(x))[1],
             "loss_sum": float(losses.sum()),
         }
+        for name, loss, reference in zip(self.task_names, losses, self.reference, strict=True):
+            values[f"loss/{name}"], values[f"reference/{name}"] = float(loss), float(reference)
+        return values

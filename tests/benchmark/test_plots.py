@@ -86,6 +86,7 @@ def test_every_plot_renders_a_non_blank_png(tmp_path: Path) -> None:
             {"a": np.array([[1.0, -0.5], [-0.5, 1.0]])}, ["x", "y"], "t", tmp_path / "h.png"
         ),
         plots.loss_space(front, {"a": np.array([[0.6, 0.6]])}, ("L1", "L2"), "t", tmp_path / "l.png"),
+        plots.loss_box({"a": np.array([[0.2, 0.5], [1.2, 0.1]])}, ("L1", "L2"), "t", tmp_path / "b.png"),
         plots.step_time_bars(
             pd.DataFrame({"method_label": ["ew", "pcgrad"], "mean": [2.0, 5.0], "std": [0.1, 0.2]}),
             "t",
@@ -96,3 +97,33 @@ def test_every_plot_renders_a_non_blank_png(tmp_path: Path) -> None:
     for path in paths:
         with Image.open(path) as image:
             assert len(np.unique(np.asarray(image.convert("L")))) > 10, path.name
+
+
+def _attribute_values(methods: dict[str, list[float]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"method_label": m, "attribute": f"attr{i}", "mean": v}
+            for m, values in methods.items()
+            for i, v in enumerate(values)
+        ]
+    )
+
+
+def test_attributes_sort_by_the_baseline_else_by_the_mean_over_methods() -> None:
+    values = _attribute_values({"pcgrad": [0.1, 0.9, 0.5], "ew": [0.3, 0.2, 0.1]})
+    by_baseline = plots.sorted_attributes(values, "ew")
+    assert list(by_baseline.index) == ["attr2", "attr1", "attr0"]
+    assert list(by_baseline.columns) == ["pcgrad", "ew"]
+    assert by_baseline.loc["attr1", "pcgrad"] == 0.9
+    # without ew: means 0.2, 0.55, 0.3
+    assert list(plots.sorted_attributes(values, "mgda").index) == ["attr0", "attr2", "attr1"]
+
+
+def test_attribute_plot_has_a_fixed_size_for_forty_attributes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    many = _attribute_values({m: list(rng.uniform(0, 0.3, 40)) for m in ("ew", "graddrop", "mgda")})
+    few = _attribute_values({"ew": [0.1, 0.2, 0.3, 0.4]})
+    path = plots.attribute_points(many, "error", "celeba", tmp_path / "a.png", "ew")
+    assert _size(path) == _size(plots.attribute_points(few, "error", "t", tmp_path / "b.png")) == (1000, 420)
+    with Image.open(path) as image:
+        assert len(np.unique(np.asarray(image.convert("L")))) > 10

@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor
 
-from benchmark.evaluate import Claim, Published, ReportSettings
+from benchmark.evaluate import Claim, Published, ReportSettings, evaluate
 from benchmark.registry import TASKS
-from benchmark.report import write_report
+from benchmark.report import final_loss_ratios, write_report
 from benchmark.specs import PluginSpec, RunSpec, TrainSpec
 from benchmark.store import ResultsStore
 from benchmark.task import Landscape, Metric, Task
@@ -174,3 +175,57 @@ def test_tuned_runs_are_reported_under_their_method_with_budgets(tmp_path: Path)
     assert "| pcgrad | 2 |" in results and "pcgrad[lr" not in results.split("<details>")[0]
     assert "Unequal tuning budgets (configurations per method: ew 1, pcgrad 2)" in markdown
     assert "| pcgrad | lr=0.1 | 0.9 | ✓ |" in markdown  # all validation scores tie at 0.9: the first
+
+
+@TASKS.register("_fake_report_pair")
+class FakePair(Task):
+    """Two losses without a landscape that log their values and their hypervolume reference."""
+
+    eval_splits = ("train",)
+
+    def __init__(self) -> None:
+        super().__init__(("q0", "q1"))
+
+    def metrics(self) -> list[Metric]:
+        return [Metric("hypervolume", True)]
+
+
+def pair_run(method: str, seed: int, losses: tuple[float, float]) -> RunResult:
+    """Losses at the last evaluation ``losses``, against the reference (2, 4)."""
+    rows = []
+    for step, scale in ((0, 3.0), (10, 1.0)):
+        rows += [MetricRow(step, "train", f"loss/q{i}", scale * v) for i, v in enumerate(losses)]
+        rows += [MetricRow(step, "train", f"reference/q{i}", r) for i, r in enumerate((2.0, 4.0))]
+        rows.append(MetricRow(step, "train", "hypervolume", 0.5))
+    return RunResult(spec("_fake_report_pair", method, seed), "ok", rows, {"step_ms_mean": 1.0})
+
+
+def test_two_loss_task_gets_its_final_points_against_the_reference(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "results.db")
+    for method, seed, losses in (("ew", 0, (1.0, 1.0)), ("ew", 1, (0.5, 3.0)), ("mgda", 0, (3.0, 2.0))):
+        store.save(pair_run(method, seed, losses))
+    ev = evaluate(store.runs("suite"), store.metrics("suite"))
+    finals = final_loss_ratios("_fake_report_pair", ev)
+    assert list(finals) == ["ew", "mgda"]
+    np.testing.assert_allclose(finals["ew"], [[0.5, 0.25], [0.25, 0.75]])  # last step, over (2, 4)
+    np.testing.assert_allclose(finals["mgda"], [[1.5, 0.5]])
+    write_report(store, "suite", tmp_path / "report")
+    images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", (tmp_path / "report" / "index.md").read_text())
+    assert "00_fake_report_pair_loss_space.png" in images
+
+
+def test_only_a_task_with_many_losses_gets_the_per_attribute_plot(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "results.db")
+    for names, suite in ((["a", "b", "c", "d"], "many"), (["a", "b"], "two")):
+        for method, seed in (("ew", 0), ("PCGrad", 0), ("ew", 1)):
+            rows = [MetricRow(10, "val", "acc", 0.5)]
+            for split in ("val", "test"):
+                rows += [MetricRow(10, split, f"error/{n}", 0.1 * i + seed) for i, n in enumerate(names)]
+            params = {"task_names": names}
+            run_spec = spec("_fake_report_task", method, seed, params, suite)
+            store.save(RunResult(run_spec, "ok", rows, {"step_ms_mean": 1.0}))
+    for suite, expected in (("many", 1), ("two", 0)):
+        write_report(store, suite, tmp_path / suite)
+        markdown = (tmp_path / suite / "index.md").read_text()
+        assert markdown.count("_attributes.png") == expected
+        assert markdown.count("per-task values (means over runs)") == expected

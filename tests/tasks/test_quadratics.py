@@ -205,3 +205,13 @@ def test_trains_towards_the_pareto_set(level, method):
     assert final["pareto_distance"] < 0.05 * start["pareto_distance"]
     assert final["min_norm"] < 0.05 * start["min_norm"]
     assert final["hypervolume"] > start["hypervolume"]
+
+
+def test_evaluate_logs_each_loss_and_its_reference_undeclared():
+    task = Quadratics(num_tasks=2, dim=3, start=1)
+    values = task.evaluate(task.build_model(), "train")
+    expected = task.problem.losses(task.start.float().double())  # the start as the model holds it
+    for i in range(2):
+        assert values[f"loss/quad{i}"] == pytest.approx(float(expected[i]))
+        assert values[f"reference/quad{i}"] == pytest.approx(1.1 * float(expected[i]))
+    assert not {m.name for m in task.metrics()} & {"loss/quad0", "reference/quad0"}
