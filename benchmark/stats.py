@@ -10,6 +10,7 @@ positive effect always means the method is better.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -88,10 +89,12 @@ def compare(
     counts = len(method), len(reference)
     if min(counts) < 2:
         return Comparison(test, effect, math.nan, math.nan, math.nan, *counts)
-    if paired:
-        result = stats.ttest_rel(method.to_numpy(float), reference[method.index].to_numpy(float))
-    else:
-        result = stats.ttest_ind(method.to_numpy(float), reference.to_numpy(float), equal_var=False)
+    with warnings.catch_warnings():  # (nearly) identical runs, as of deterministic methods: SciPy warns
+        warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+        if paired:
+            result = stats.ttest_rel(method.to_numpy(float), reference[method.index].to_numpy(float))
+        else:
+            result = stats.ttest_ind(method.to_numpy(float), reference.to_numpy(float), equal_var=False)
     ci = result.confidence_interval(confidence)
     low, high = sorted((sign * float(ci.low), sign * float(ci.high)))
     return Comparison(test, effect, low, high, float(result.pvalue), *counts)
