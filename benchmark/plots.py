@@ -14,7 +14,7 @@ Intervals are Student-t 95 % confidence intervals of a mean, ``mean ± t₀.₉�
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -265,25 +265,23 @@ def loss_space(
     seen = np.concatenate([front, *finals.values()])
     reference = seen.max(axis=0) + 0.1 * np.ptp(seen, axis=0)
     whole = hypervolume_2d(front, reference)
-    colors = _palette(list(finals))
     order = np.argsort(front[:, 0])
     with _style():
         fig = Figure(figsize=(PANEL[0] * 2, PANEL[1] * 1.6), layout="constrained")
         ax = fig.subplots()
         ax.plot(front[order, 0], front[order, 1], color="black", linewidth=1.0, label="Pareto front")
-        for method, points in finals.items():
-            share = hypervolume_2d(points, reference) / whole if whole > 0 else math.nan
-            ax.scatter(
-                points[:, 0],
-                points[:, 1],
-                color=colors[method],
-                edgecolor="black",
-                s=30,
-                label=f"{method} (HV {share:.2f})",
-            )
+        _final_points(ax, finals, lambda p: hypervolume_2d(p, reference) / whole if whole > 0 else math.nan)
         ax.set(xlabel=names[0], ylabel=names[1], title=f"{title}: final points in loss space")
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
         return _save(fig, path)
+
+
+def _final_points(ax: Axes, finals: Mapping[str, np.ndarray], share: Callable[[np.ndarray], float]) -> None:
+    """Each method's points ``[runs, 2]``, labelled with the hypervolume ``share`` of its points."""
+    colors = _palette(list(finals))
+    for method, points in finals.items():
+        label = f"{method} (HV {share(points):.2f})"
+        ax.scatter(points[:, 0], points[:, 1], color=colors[method], edgecolor="black", s=30, label=label)
 
 
 def loss_box(finals: Mapping[str, np.ndarray], names: tuple[str, str], title: str, path: Path) -> Path:
@@ -292,21 +290,11 @@ def loss_box(finals: Mapping[str, np.ndarray], names: tuple[str, str], title: st
     method's hypervolume (:func:`hypervolume_2d` against (1, 1)): the share of the box its points
     dominate, for one point the one-point hypervolume Πᵢ(1 − Lᵢ/rᵢ)₊. No Pareto front: drawing it
     needs the task built."""
-    colors = _palette(list(finals))
     with _style():
         fig = Figure(figsize=(PANEL[0] * 2, PANEL[1] * 1.6), layout="constrained")
         ax = fig.subplots()
         ax.plot([0, 1, 1], [1, 1, 0], color="black", linestyle="--", linewidth=1.0, label="reference box")
-        for method, points in finals.items():
-            share = hypervolume_2d(points, np.ones(2))
-            ax.scatter(
-                points[:, 0],
-                points[:, 1],
-                color=colors[method],
-                edgecolor="black",
-                s=30,
-                label=f"{method} (HV {share:.2f})",
-            )
+        _final_points(ax, finals, lambda p: hypervolume_2d(p, np.ones(2)))
         ax.set_xlim(left=0.0)
         ax.set_ylim(bottom=0.0)
         ax.set(
