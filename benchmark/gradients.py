@@ -222,14 +222,14 @@ def backward_step(
     if not method.needs_grads:
         if observe is not None:  # one process: config refuses diagnostics in data-parallel runs
             observe(observed_gradients(model, task, local, ctx.level, z, strategy))
-        _weighted_backward(model, task, batch, method, ctx, z, reducer)
+        _weighted_backward(model, task, local, batch, method, ctx, z, reducer)
         reducer.local_grads([p for p in model.parameters() if p.grad is not None])
         return ctx.losses
     if extra_batch is not None and ctx.level == "param":
         extra = _extra_jacobian(model, task, extra_batch, strategy, buffer, reducer)
         ctx.extra_grads = reducer.jacobian(extra)
     per_task = per_task_gradients(
-        model, task, batch, ctx, z, strategy, method.uses_activation, reducer, buffer
+        model, task, batch, ctx, z, strategy, method.uses_activation, reducer, buffer, local
     )
     grads = reducer.jacobian(per_task.grads) if ctx.level == "param" else per_task.grads
     with torch.no_grad():
@@ -242,11 +242,11 @@ def backward_step(
 
 
 def _shard_losses(
-    task: Task, outputs: list[Tensor], batch: Batch, ctx: StepContext, reducer: Reducer
+    task: Task, outputs: list[Tensor], local: Batch, batch: Batch, ctx: StepContext, reducer: Reducer
 ) -> Tensor:
-    """This process's share of the whole ``batch``'s losses (``outputs`` are its shard's); the whole
-    batch's losses go to ``ctx.losses``."""
-    shares = reducer.share(task.losses(outputs, reducer.shard(batch)), batch)
+    """This process's share of the whole ``batch``'s losses (``outputs`` are those of its shard
+    ``local``); the whole batch's losses go to ``ctx.losses``."""
+    shares = reducer.share(task.losses(outputs, local), batch)
     ctx.losses = reducer.total(shares.detach())
     return shares
 
@@ -254,6 +254,7 @@ def _shard_losses(
 def _weighted_backward(
     model: MultiTaskModel,
     task: Task,
+    local: Batch,
     batch: Batch,
     method: Method,
     ctx: StepContext,
@@ -261,7 +262,7 @@ def _weighted_backward(
     reducer: Reducer,
 ) -> None:
     """Loss weighting: one backward of ``sum_i w_i L_i``, the weights taken as constants."""
-    losses = _shard_losses(task, model.forward_heads(z), batch, ctx, reducer)
+    losses = _shard_losses(task, model.forward_heads(z), local, batch, ctx, reducer)
     weights = method.weights(ctx.losses, ctx)
     (weights.detach().to(losses.dtype) @ losses).backward()
 
@@ -294,17 +295,19 @@ def per_task_gradients(
     with_activation: bool = False,
     reducer: Reducer = LOCAL,
     buffer: JacobianBuffer | None = None,
+    local: Batch | None = None,
 ) -> PerTaskGradients:
     """Stage 1 at ``ctx.level``; fills ``ctx.losses``, and ``ctx.activation`` at the feature level (at
     the param level only ``with_activation``: the flattened shared parameters). ``z`` is the trunk's
-    output on ``reducer``'s shard of ``batch``.
+    output on ``reducer``'s shard of ``batch``: ``local``, when the caller has it already.
 
     Both levels start with one backward of the summed losses through the heads, each head reading its
     own alias of z (loss i depends on head i only): it gives the heads their gradients and the T
     gradients at z. The feature level stops there (gathering the gradients over the shards); the param
     level continues through the trunk alone, into ``buffer`` when given.
     """
-    aliases, losses = _heads_at(model, task, batch, ctx, z, reducer)
+    local = reducer.shard(batch) if local is None else local
+    aliases, losses = _heads_at(model, task, local, batch, ctx, z, reducer)
     losses.sum().backward()  # reaches the aliases and the heads, not the trunk
     z_grads = _dense([a.grad for a in aliases], aliases)
     if ctx.level == "feature":
@@ -325,12 +328,19 @@ def per_task_gradients(
 
 
 def _heads_at(
-    model: MultiTaskModel, task: Task, batch: Batch, ctx: StepContext, z: Tensor, reducer: Reducer
+    model: MultiTaskModel,
+    task: Task,
+    local: Batch,
+    batch: Batch,
+    ctx: StepContext,
+    z: Tensor,
+    reducer: Reducer,
 ) -> tuple[list[Tensor], Tensor]:
-    """T leaf aliases of z (one storage) and this process's share of the losses ``[T]`` with head i
-    reading alias i (the whole batch's losses go to ``ctx.losses``)."""
+    """T leaf aliases of z (one storage; the trunk's output on this process's shard ``local`` of
+    ``batch``) and this process's share of the losses ``[T]`` with head i reading alias i (the whole
+    batch's losses go to ``ctx.losses``)."""
     aliases = [z.detach().requires_grad_() for _ in range(task.num_tasks)]
-    return aliases, _shard_losses(task, model.forward_each(aliases), batch, ctx, reducer)
+    return aliases, _shard_losses(task, model.forward_each(aliases), local, batch, ctx, reducer)
 
 
 def _dense(grads: Sequence[Tensor | None], aliases: Sequence[Tensor]) -> list[Tensor]:
@@ -347,8 +357,9 @@ def _extra_jacobian(
 ) -> Tensor:
     """This process's part of the Jacobian on a second batch (two-batch methods), through z like the
     main one; heads untouched."""
-    z = model.trunk(reducer.shard(batch).inputs)
-    aliases, losses = _heads_at(model, task, batch, StepContext(), z, reducer)
+    local = reducer.shard(batch)
+    z = model.trunk(local.inputs)
+    aliases, losses = _heads_at(model, task, local, batch, StepContext(), z, reducer)
     z_grads = _dense(torch.autograd.grad(losses.sum(), aliases, allow_unused=True), aliases)
     shared = model.shared_parameters()
     out = _jacobian_out(buffer, "extra", task.num_tasks, shared, z)
