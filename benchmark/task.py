@@ -99,7 +99,7 @@ def owned_mean(values: Tensor, task_rows: Tensor | None) -> Tensor:
 class LinearHead(nn.Linear):
     """A linear head ``Linear(in_features, out_features)``; with ``squeeze`` (``out_features == 1``) the
     last dimension is dropped: one logit per row. A task whose heads are all ``LinearHead`` s of one
-    shape declares ``batchable_heads``: they can then be computed as one :class:`StackedLinearHeads`."""
+    shape declares ``linear_heads``: they can then be computed as one :class:`StackedLinearHeads`."""
 
     def __init__(self, in_features: int, out_features: int, squeeze: bool = False) -> None:
         if squeeze and out_features != 1:
@@ -222,7 +222,7 @@ class Task:
         needs_data: the task reads a dataset from disk. Its constructor then takes ``data_root`` (the
             folder given by ``--data-root``, a suite's ``data_root:`` or ``$GSB_DATA``; see
             :mod:`benchmark.data`), which is not a hyperparameter: it does not enter a run's identity.
-        batchable_heads: every model's heads are :class:`LinearHead` s of one shape, so that
+        linear_heads: every model's heads are :class:`LinearHead` s of one shape (linear in z), so that
             ``train: {batched_heads: true}`` may compute them as one module (:class:`StackedLinearHeads`).
     """
 
@@ -233,7 +233,7 @@ class Task:
     selection_metric: ClassVar[str | None] = None
     deterministic: ClassVar[bool] = False
     needs_data: ClassVar[bool] = False
-    batchable_heads: ClassVar[bool] = False
+    linear_heads: ClassVar[bool] = False
 
     def __init__(self, task_names: Sequence[str]) -> None:
         if not task_names:

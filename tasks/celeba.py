@@ -75,7 +75,7 @@ class CelebA(Task):
     eval_splits = ("val", "test")
     selection_metric = "mean_error"
     needs_data = True
-    batchable_heads = True
+    linear_heads = True
 
     def __init__(
         self,

@@ -131,7 +131,7 @@ class Digits(Task):
     )
     eval_splits = ("val", "test")
     selection_metric = "f1"
-    batchable_heads = True
+    linear_heads = True
 
     def __init__(
         self, attributes: Sequence[str] | None = None, hidden: int = 128, split_seed: int = 0

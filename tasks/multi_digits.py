@@ -62,7 +62,7 @@ class MultiDigits(CanvasTask):
         {"optimizer": "adam", "lr": 1e-3, "batch_size": 128, "steps": 1000, "eval_every": 100}
     )
     selection_metric = "accuracy"
-    batchable_heads = True
+    linear_heads = True
 
     def __init__(
         self,

@@ -83,9 +83,9 @@ def test_heads_of_another_shape_or_kind_cannot_be_stacked() -> None:
 
 
 @pytest.mark.parametrize("name", ["digits", "multi_digits"])
-def test_tasks_declaring_batchable_heads_build_stackable_models(name: str) -> None:
+def test_tasks_declaring_linear_heads_build_stackable_models(name: str) -> None:
     task = get_task(name)
-    assert task.batchable_heads
+    assert task.linear_heads
     model = task.build_model()
     model.batch_heads()
     assert isinstance(model.heads, StackedLinearHeads) and len(model.heads) == task.num_tasks

@@ -285,7 +285,7 @@ def test_default_execution_settings_leave_the_config_hash_as_it_was() -> None:
 @pytest.mark.parametrize(
     ("train", "message"),
     [
-        ({"batched_heads": True}, r"tasks\[0\].train.batched_heads: true, but task '_linear' has no"),
+        ({"batched_heads": True}, r"batched_heads: true, but task '_linear' does not declare linear_heads"),
         ({"optimizer_impl": "fused", "device": "meta"}, r"'fused' has no kernels on device 'meta'"),
         ({"optimizer_impl": "fast"}, r"train.optimizer_impl: got 'fast'; expected one of default, foreach"),
         ({"amp": "fp8"}, r"train.amp: got 'fp8'; expected one of None, bf16, fp16"),
