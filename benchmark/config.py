@@ -705,8 +705,9 @@ def _check_level(method: Method, level: str, key: str, fail: Fail) -> None:
 
 def _check_execution(train: TrainSpec, task: Task, key: str, fail: Fail) -> None:
     """Settings valid alone but not together with the task or device: fail here, not at the first step."""
-    if train.batched_heads and not task.linear_heads:
-        fail(f"{key}.train.batched_heads", f"true, but task {task.name!r} does not declare linear_heads")
+    for setting in ("batched_heads", "factored_heads"):
+        if getattr(train, setting) and not task.linear_heads:
+            fail(f"{key}.train.{setting}", f"true, but task {task.name!r} does not declare linear_heads")
     device_type = torch.device(train.device).type
     if train.optimizer_impl == "fused" and device_type not in FUSED_DEVICE_TYPES:
         fail(f"{key}.train.optimizer_impl", f"'fused' has no kernels on device {train.device!r}")

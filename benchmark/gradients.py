@@ -5,7 +5,10 @@
    representation z: it yields the T gradients at z and the heads' own gradients.
 
    - ``feature``: the gradients w.r.t. z, ``[T, *z.shape]``; applying the update sends it back through
-     the trunk with one more backward. Cost: about one backward of the summed loss.
+     the trunk with one more backward. Cost: about one backward of the summed loss. With
+     ``factored_heads`` (heads linear in z) the heads read z itself and the T gradients stay factors,
+     ``∂Lᵢ/∂outᵢ`` and the heads' weights (:mod:`benchmark.factored`): no ``[T, *z.shape]`` tensor
+     unless the method needs it dense.
    - ``param``: the Jacobian of the T losses w.r.t. the shared (trunk) parameters, ``[T, P]``, as T
      backwards of z through the trunk alone against those gradients (:func:`jacobian_through`), by a
      loop of ``autograd.grad`` calls (``"loop"``) or one call with ``is_grads_batched``
@@ -43,6 +46,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from benchmark.factored import FactoredGradients, Gradients, dense
 from benchmark.method import Method, StepContext
 from benchmark.task import Batch, MultiTaskModel, Task
 
@@ -182,13 +186,13 @@ class PerTaskGradients:
     """Stage 1's output: the gradients a method combines, and how its update is applied.
 
     Attributes:
-        grads: ``[T, *shape]`` per-task gradients (the Jacobian at the param level).
+        grads: ``[T, *shape]`` per-task gradients (the Jacobian at the param level), or their factors.
         apply: writes an update ``[*shape]`` to the parameters' ``.grad``.
         local_params: parameters whose ``.grad`` this process computed from its own rows alone (the
             reducer syncs them after the update is applied).
     """
 
-    grads: Tensor
+    grads: Gradients
     apply: Callable[[Tensor], None]
     local_params: list[Tensor]
 
@@ -204,6 +208,7 @@ def backward_step(
     reducer: Reducer = LOCAL,
     observe: Callable[[Tensor], None] | None = None,
     buffer: JacobianBuffer | None = None,
+    factored: bool = False,
 ) -> Tensor:
     """Forward ``batch``, combine the per-task gradients with ``method`` and set every ``.grad``.
 
@@ -214,7 +219,8 @@ def backward_step(
     Gradients are assigned to parameters whose ``.grad`` is ``None``. ``observe`` (diagnostics) is
     handed the per-task gradients at ``ctx.level``: those the method combines, or, for a loss
     weighting, ones computed for it alone by :func:`observed_gradients` (an extra cost on the steps
-    that observe). Returns the whole batch's detached losses ``[T]``.
+    that observe). ``factored``: at the feature level, keep the gradients as the linear heads' factors
+    (methods that do not accept them get them dense). Returns the whole batch's detached losses ``[T]``.
     """
     ctx.task_rows = batch.task_rows
     local = reducer.shard(batch)
@@ -229,13 +235,13 @@ def backward_step(
         extra = _extra_jacobian(model, task, extra_batch, strategy, buffer, reducer)
         ctx.extra_grads = reducer.jacobian(extra)
     per_task = per_task_gradients(
-        model, task, batch, ctx, z, strategy, method.uses_activation, reducer, buffer, local
+        model, task, batch, ctx, z, strategy, method.uses_activation, reducer, buffer, local, factored
     )
     grads = reducer.jacobian(per_task.grads) if ctx.level == "param" else per_task.grads
     with torch.no_grad():
         if observe is not None:
-            observe(grads)
-        update = method.combine(grads, ctx)
+            observe(dense(grads))
+        update = method.combine(grads if method.accepts_factored else dense(grads), ctx)
     per_task.apply(update)
     reducer.local_grads(per_task.local_params)
     return ctx.losses
@@ -296,6 +302,7 @@ def per_task_gradients(
     reducer: Reducer = LOCAL,
     buffer: JacobianBuffer | None = None,
     local: Batch | None = None,
+    factored: bool = False,
 ) -> PerTaskGradients:
     """Stage 1 at ``ctx.level``; fills ``ctx.losses``, and ``ctx.activation`` at the feature level (at
     the param level only ``with_activation``: the flattened shared parameters). ``z`` is the trunk's
@@ -304,20 +311,17 @@ def per_task_gradients(
     Both levels start with one backward of the summed losses through the heads, each head reading its
     own alias of z (loss i depends on head i only): it gives the heads their gradients and the T
     gradients at z. The feature level stops there (gathering the gradients over the shards); the param
-    level continues through the trunk alone, into ``buffer`` when given.
+    level continues through the trunk alone, into ``buffer`` when given. ``factored`` (feature level,
+    heads linear in z): the gradients stay the heads' factors, see :func:`_factored_gradients`.
     """
     local = reducer.shard(batch) if local is None else local
+    if factored and ctx.level == "feature":
+        return _factored_gradients(model, task, local, batch, ctx, z, reducer)
     aliases, losses = _heads_at(model, task, local, batch, ctx, z, reducer)
     losses.sum().backward()  # reaches the aliases and the heads, not the trunk
     z_grads = _dense([a.grad for a in aliases], aliases)
     if ctx.level == "feature":
-        ctx.activation = reducer.gather(z.detach(), 0)
-        grads = reducer.gather(torch.stack(z_grads), 1)
-
-        def apply(update: Tensor) -> None:
-            z.backward(reducer.rows(update))
-
-        return PerTaskGradients(grads, apply, [p for p in model.parameters() if p.requires_grad])
+        return _at_z(model, ctx, z, reducer.gather(torch.stack(z_grads), 1), reducer)
     shared = model.shared_parameters()
     out = _jacobian_out(buffer, "main", task.num_tasks, shared, z)
     matrix = jacobian_through(z, z_grads, shared, strategy, out)
@@ -325,6 +329,44 @@ def per_task_gradients(
         ctx.activation = torch.cat([p.detach().reshape(-1) for p in shared])
     head_params = [p for p in model.heads.parameters() if p.requires_grad]
     return PerTaskGradients(matrix, partial(_assign_flat, shared), head_params)
+
+
+def _factored_gradients(
+    model: MultiTaskModel,
+    task: Task,
+    local: Batch,
+    batch: Batch,
+    ctx: StepContext,
+    z: Tensor,
+    reducer: Reducer,
+) -> PerTaskGradients:
+    """The feature level for heads linear in z: the heads read z detached, so the summed losses'
+    backward stops at their outputs (it gives the heads their gradients and ``∂Lᵢ/∂outᵢ``); the T
+    gradients at z are ``∂Lᵢ/∂outᵢ Wᵢ``, kept as those factors."""
+    weights = model.linear_head_weights()
+    if weights is None:
+        raise ValueError("factored_heads: the model's heads are not LinearHeads of one shape")
+    outputs = model.forward_heads(z.detach())
+    for output in outputs:
+        output.retain_grad()
+    _shard_losses(task, outputs, local, batch, ctx, reducer).sum().backward()
+    coefficients = torch.stack(_dense([out.grad for out in outputs], outputs))
+    if coefficients.dim() == z.dim():  # heads that squeeze their one output
+        coefficients = coefficients.unsqueeze(-1)
+    return _at_z(model, ctx, z, FactoredGradients(reducer.gather(coefficients, 1), weights), reducer)
+
+
+def _at_z(
+    model: MultiTaskModel, ctx: StepContext, z: Tensor, grads: Gradients, reducer: Reducer
+) -> PerTaskGradients:
+    """The feature level's result: the whole batch's gradients at z (and z itself, in
+    ``ctx.activation``); the update goes back through the trunk from this process's rows of z."""
+    ctx.activation = reducer.gather(z.detach(), 0)
+
+    def apply(update: Tensor) -> None:
+        z.backward(reducer.rows(update))
+
+    return PerTaskGradients(grads, apply, [p for p in model.parameters() if p.requires_grad])
 
 
 def _heads_at(

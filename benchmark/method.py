@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from benchmark.factored import Gradients, gramian, weighted_sum
 from benchmark.registry import METHODS, hyperparameters
 from benchmark.specs import PluginSpec
 
@@ -110,6 +111,10 @@ class Method(nn.Module):
         permutation_invariant: permuting the tasks (gradients and losses) leaves the update unchanged.
         linear_under_scaling: ``combine(c J) == c combine(J)`` for every ``c > 0``.
         non_conflicting: the update never conflicts with a task, ``J @ update >= 0``.
+
+    ``accepts_factored``: ``combine`` also takes the per-task gradients at z as the linear heads'
+    factors (:class:`benchmark.factored.FactoredGradients`, with ``train: {factored_heads: true}``);
+    other methods get them dense.
     """
 
     name: ClassVar[str] = ""
@@ -125,6 +130,7 @@ class Method(nn.Module):
     permutation_invariant: ClassVar[bool] = False
     linear_under_scaling: ClassVar[bool] = False
     non_conflicting: ClassVar[bool] = False
+    accepts_factored: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -138,7 +144,7 @@ class Method(nn.Module):
             raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
         self.num_tasks = num_tasks
 
-    def combine(self, grads: Tensor, ctx: StepContext | None = None) -> Tensor:
+    def combine(self, grads: Gradients, ctx: StepContext | None = None) -> Tensor:
         """``grads``: ``[T, *shape]`` per-task gradients -> the update, ``[*shape]``."""
         raise NotImplementedError
 
@@ -175,7 +181,7 @@ class Method(nn.Module):
         """Whether the engine must compute per-task gradients (false for loss-weighting methods)."""
         return type(self).weights is Method.weights
 
-    def check_grads(self, grads: Tensor) -> None:
+    def check_grads(self, grads: Gradients) -> None:
         """Raise ``ValueError`` unless ``grads`` is ``[num_tasks, ...]`` with at least one more dim."""
         if grads.dim() < 2 or grads.shape[0] != self.num_tasks:
             raise ValueError(
@@ -199,27 +205,28 @@ class WeightedMethod(Method):
     """A method whose update is ``Σᵢ wᵢ gᵢ``: subclasses implement :meth:`task_weights`. Any
     ``WeightedMethod`` can serve as the ``weighting`` of a :class:`Composed` method."""
 
-    def task_weights(self, grads: Tensor, ctx: StepContext) -> Tensor:
+    def task_weights(self, grads: Gradients, ctx: StepContext) -> Tensor:
         """The weights ``[T]`` of this step's gradients ``grads`` ``[T, *shape]``."""
         raise NotImplementedError
 
-    def combine(self, grads: Tensor, ctx: StepContext | None = None) -> Tensor:
+    def combine(self, grads: Gradients, ctx: StepContext | None = None) -> Tensor:
         self.check_grads(grads)
-        w = self.task_weights(grads, ctx or StepContext()).to(grads.dtype)
-        return (w @ grads.flatten(1)).view(grads.shape[1:])
+        return weighted_sum(self.task_weights(grads, ctx or StepContext()).to(grads.dtype), grads)
 
 
 class GramianMethod(WeightedMethod):
     """A weighted method that needs only the Gramian ``G = J Jᵀ`` ``[T, T]`` (MGDA, UPGrad, IMTL-G, ...):
-    subclasses implement :meth:`gramian_weights`; the Gramian is computed once per step."""
+    subclasses implement :meth:`gramian_weights`; the Gramian is computed once per step, from the
+    heads' factors where the engine gives them (``accepts_factored``)."""
+
+    accepts_factored = True
 
     def gramian_weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:
         """The weights ``[T]`` from the Gramian of this step's gradients."""
         raise NotImplementedError
 
-    def task_weights(self, grads: Tensor, ctx: StepContext) -> Tensor:
-        matrix = grads.flatten(1)
-        return self.gramian_weights(matrix @ matrix.T, ctx)
+    def task_weights(self, grads: Gradients, ctx: StepContext) -> Tensor:
+        return self.gramian_weights(gramian(grads), ctx)
 
 
 class WeightingMethod(WeightedMethod):

@@ -86,8 +86,11 @@ class TrainSpec:
     Settings that change results in the last bits and so stay off by default (the shipped suites'
     results are recorded without them): ``batched_heads`` (a task's ``LinearHead`` s as one module,
     equal to separate heads to float tolerance), ``optimizer_impl`` (torch's ``foreach`` or ``fused``
-    kernels instead of its default, another order of floating-point operations) and ``amp`` (the
-    trunk's forward and backward in bfloat16 or float16, :mod:`benchmark.amp`).
+    kernels instead of its default, another order of floating-point operations), ``factored_heads``
+    (at the feature level, the per-task gradients at z kept as the linear heads' factors,
+    :mod:`benchmark.factored`: equal to the dense ones to rounding; no effect at the param level or
+    for loss weightings) and ``amp`` (the trunk's forward and backward in bfloat16 or float16,
+    :mod:`benchmark.amp`).
 
     ``diagnostics_every``: log :mod:`benchmark.diagnostics` every that many steps (0: never).
 
@@ -113,6 +116,7 @@ class TrainSpec:
     jacobian: str = "auto"
     batched_heads: bool = False
     optimizer_impl: str = "default"
+    factored_heads: bool = False
     amp: str | None = None
     diagnostics_every: int = 0
     device: str = field(default="cpu", metadata=NOT_IDENTITY)

@@ -184,6 +184,17 @@ class MultiTaskModel(nn.Module):
             return self.heads.each(inputs)
         return [head(z) for head, z in zip(self.heads, inputs, strict=True)]
 
+    def linear_head_weights(self) -> Tensor | None:
+        """The heads' weights ``[T, k, D]`` (detached) when every head is linear in z (``LinearHead`` s
+        of one shape, separate or stacked), else ``None``: ``∇_z Lᵢ = ∂Lᵢ/∂outᵢ Wᵢ``
+        (:mod:`benchmark.factored`)."""
+        if isinstance(self.heads, StackedLinearHeads):
+            return self.heads.weight.detach()
+        heads = list(self.heads)
+        if not all(isinstance(h, LinearHead) for h in heads) or len({h.weight.shape for h in heads}) > 1:
+            return None
+        return torch.stack([h.weight.detach() for h in heads])
+
     def shared_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.trunk.parameters() if p.requires_grad]
 
@@ -223,7 +234,8 @@ class Task:
             folder given by ``--data-root``, a suite's ``data_root:`` or ``$GSB_DATA``; see
             :mod:`benchmark.data`), which is not a hyperparameter: it does not enter a run's identity.
         linear_heads: every model's heads are :class:`LinearHead` s of one shape (linear in z), so that
-            ``train: {batched_heads: true}`` may compute them as one module (:class:`StackedLinearHeads`).
+            ``train: {batched_heads: true}`` may compute them as one module (:class:`StackedLinearHeads`)
+            and ``train: {factored_heads: true}`` may keep their gradients at z as factors.
     """
 
     name: ClassVar[str] = ""

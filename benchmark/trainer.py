@@ -322,7 +322,7 @@ class Trainer:
         ctx = StepContext(step=step, generator=self.method_generator, level=self.level, epoch=epoch)
         losses = backward_step(
             self.model, self.task, batch, self.method, ctx, strategy, extra, self.reducer, observe,
-            self.jacobian_buffer,
+            self.jacobian_buffer, self.spec.train.factored_heads,
         )
         if self.grad_scale is not None and not self.grad_scale.update(self.model.shared_parameters()):
             return losses  # fp16 overflow: the step is skipped, as GradScaler does

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from benchmark.factored import FactoredGradients, Gradients
 from benchmark.method import Method, StepContext
 from benchmark.registry import METHODS
 from methods._blocks import column_blocks
@@ -64,6 +65,10 @@ class GradDrop(Method):
         keep_gradnorm_constant: rescale the update to the norm of ``Σᵢ ∇Lᵢ``.
         eps: ε of the purity and of the sign guard.
 
+    Accepts the linear heads' factors (``train: {factored_heads: true}``): with one output per head the
+    four sums of step 5 come from them (:meth:`FactoredGradients.sign_sums`) without the dense
+    gradients; otherwise (and with ``marginalize_batch``) the factors are expanded first.
+
     Departures from lingvo: ``keep_gradnorm_constant`` and ``marginalize_batch`` default to False
     (lingvo: True); the rescaling is ‖orig‖/‖new‖ (lingvo inverted it before Feb 2021); ε sits in
     ``Σ|G| + ε`` (lingvo: ``2Σ|G| + ε``); the tie f(P) = U keeps the negative sign (lingvo keeps the
@@ -74,6 +79,7 @@ class GradDrop(Method):
     citation = "Chen et al. 2020, NeurIPS"
     level = "feature"
     linear_under_scaling = True
+    accepts_factored = True
 
     def __init__(
         self,
@@ -95,18 +101,24 @@ class GradDrop(Method):
         self.eps = check_number(self.name, "eps", eps, low_open=True)
         leaks = task_vector(self.name, "leak", leak, num_tasks, low=0.0, high=1.0)
         self.register_buffer("leak", leaks, persistent=False)
+        self.leaks_nothing = not bool(leaks.any())  # no leak: a drop removes the whole gradient
 
     def check_level(self, level: str) -> None:
         if self.marginalize_batch and level != "feature":
             raise ValueError(f"{self.name}: marginalize_batch=True sums feature-level gradients over rows")
 
-    def combine(self, grads: Tensor, ctx: StepContext | None = None) -> Tensor:
+    def combine(self, grads: Gradients, ctx: StepContext | None = None) -> Tensor:
         self.check_grads(grads)
         ctx = ctx or StepContext()
+        if isinstance(grads, FactoredGradients) and (self.marginalize_batch or not grads.rank_one):
+            grads = grads.dense()
         update = self.batch_update(grads, ctx) if self.marginalize_batch else self.scalar_update(grads, ctx)
-        return _match_norm(update, grads.sum(0)) if self.keep_gradnorm_constant else update
+        if not self.keep_gradnorm_constant:
+            return update
+        ones = torch.ones(self.num_tasks, dtype=grads.dtype, device=grads.device)
+        return _match_norm(update, grads.sum(0) if isinstance(grads, Tensor) else grads.weighted_sum(ones))
 
-    def scalar_update(self, grads: Tensor, ctx: StepContext) -> Tensor:
+    def scalar_update(self, grads: Gradients, ctx: StepContext) -> Tensor:
         """Steps 1-6 per scalar, from four sums over the losses (no mask or signal tensor is built).
 
         ``s(A)`` is the same for every loss, so ``Σᵢ Gᵢ = s(A) Σᵢ ∇Lᵢ`` and ``Σᵢ |Gᵢ| = |s(A)| Σᵢ |∇Lᵢ|``;
@@ -114,7 +126,12 @@ class GradDrop(Method):
         ``sign(s(A))``, whose (1 − ℓᵢ)-weighted sum is a clamped part of ``Σᵢ (1 − ℓᵢ) ∇Lᵢ``.
         """
         share = 1.0 - self.leak.to(device=grads.device, dtype=grads.dtype)  # what a drop removes
-        sums, positive_sums = _row_sums(grads.flatten(1), torch.stack([torch.ones_like(share), share]))
+        rows = torch.stack([torch.ones_like(share), share])
+        if isinstance(grads, FactoredGradients):  # without a leak both rows are ones: sum once
+            sums, positive_sums = grads.sign_sums(rows[:1] if self.leaks_nothing else rows)
+            sums, positive_sums = sums.expand(2, -1), positive_sums.expand(2, -1)
+        else:
+            sums, positive_sums = _row_sums(grads.flatten(1), rows)
         (total, weighted), (positive, weighted_positive) = sums, positive_sums
         factor = self.input_factor(grads, ctx)
         signal, signal_abs = total, 2 * positive - total  # Σᵢ Gᵢ and Σᵢ |Gᵢ| without s(A)
@@ -142,7 +159,7 @@ class GradDrop(Method):
         share = 1.0 - self.leak.to(device=grads.device, dtype=grads.dtype)
         return grads.sum(0) - torch.tensordot(share, dropped, dims=1)  # Σᵢ (ℓᵢ + (1 − ℓᵢ)Mᵢ) ∇Lᵢ
 
-    def input_factor(self, grads: Tensor, ctx: StepContext) -> Tensor | None:
+    def input_factor(self, grads: Gradients, ctx: StepContext) -> Tensor | None:
         """Step 1's s(A), shaped like one loss's gradient; ``None`` stands for all ones."""
         if self.input == "none" or ctx.activation is None:
             return None

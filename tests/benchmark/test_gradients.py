@@ -12,6 +12,7 @@ from torch import Tensor
 
 import tests.benchmark.noisy_task  # noqa: F401  (registers the "_noisy" task)
 from benchmark import gradients
+from benchmark.factored import FactoredGradients
 from benchmark.gradients import (
     JacobianBuffer,
     backward_step,
@@ -218,3 +219,82 @@ def test_side_effect_free_forwards_leave_batchnorm_statistics_and_rng_streams_as
     assert torch.equal(torch.get_rng_state(), rng)
     model(batch.inputs)  # the same forward outside moves the statistics: the check above can fail
     assert not torch.equal(before["trunk.1.running_mean"], model.state_dict()["trunk.1.running_mean"])
+
+
+class CaptureFactored(Method):
+    """Records the factors the engine hands over and returns their plain sum."""
+
+    accepts_factored = True
+
+    def combine(self, grads: FactoredGradients, ctx: StepContext | None = None) -> Tensor:
+        self.grads, self.ctx = grads, ctx
+        return grads.weighted_sum(torch.ones(self.num_tasks))
+
+
+def _factored_step(
+    task_name: str, method: Method, factored: bool, batched: bool = False, level: str = "feature", **params
+) -> tuple[dict[str, Tensor], Tensor, list]:
+    """One step from a seeded model: every parameter's gradient, the losses, what ``observe`` saw."""
+    task = get_task(task_name, **params)
+    torch.manual_seed(0)
+    model = task.build_model()
+    if batched:
+        model.batch_heads()
+    batch = next(task.train_batches(16, torch.Generator().manual_seed(0)))
+    seen: list = []
+    ctx = StepContext(level=level, generator=torch.Generator().manual_seed(1))
+    losses = backward_step(model, task, batch, method, ctx, observe=seen.append, factored=factored)
+    return {n: p.grad for n, p in model.named_parameters()}, losses, seen
+
+
+FACTORED_TASKS = {"digits": {"hidden": 16}, "multi_digits": {"hidden": 16}}  # heads of 1 and of 10 outputs
+
+
+@pytest.mark.parametrize("batched", [False, True])
+@pytest.mark.parametrize("task_name", FACTORED_TASKS)
+@pytest.mark.parametrize("name", ["graddrop", "mgda", "upgrad", "trimmed_mean"])
+def test_factored_heads_give_the_dense_step(name: str, task_name: str, batched: bool) -> None:
+    """Heads linear in z (separate or stacked, one output or ten): the same losses and, to rounding,
+    the same gradient on every parameter as the dense per-task gradients; a method that does not
+    accept factors (trimmed_mean) gets them dense, and so does ``observe``."""
+    params = FACTORED_TASKS[task_name]
+    num_tasks = get_task(task_name, **params).num_tasks
+    dense_grads, dense_losses, dense_seen = _factored_step(
+        task_name, get_method(name, num_tasks), False, batched, **params
+    )
+    grads, losses, seen = _factored_step(task_name, get_method(name, num_tasks), True, batched, **params)
+    assert torch.equal(losses, dense_losses)
+    assert grads.keys() == dense_grads.keys()
+    for key, value in dense_grads.items():
+        torch.testing.assert_close(grads[key], value, rtol=1e-4, atol=1e-6, msg=key)
+    assert isinstance(seen[0], Tensor)
+    torch.testing.assert_close(seen[0], dense_seen[0], rtol=1e-4, atol=1e-7)
+
+
+def test_methods_that_accept_factors_receive_them_with_the_activation() -> None:
+    num_tasks = get_task("digits").num_tasks
+    method = CaptureFactored(num_tasks)
+    _factored_step("digits", method, True, hidden=16)
+    reference = Capture(num_tasks)
+    _factored_step("digits", reference, False, hidden=16)
+    assert isinstance(method.grads, FactoredGradients) and method.grads.rank_one
+    torch.testing.assert_close(method.grads.dense(), reference.grads)
+    assert torch.equal(method.ctx.activation, reference.ctx.activation)
+
+
+@pytest.mark.parametrize(("name", "level"), [("ew", "feature"), ("uw", "feature"), ("graddrop", "param")])
+def test_factored_heads_change_nothing_where_they_do_not_apply(name: str, level: str) -> None:
+    """Loss weightings take one backward, the param level its Jacobian: bit for bit as without."""
+    num_tasks = get_task("digits").num_tasks
+    runs = [
+        _factored_step("digits", get_method(name, num_tasks), factored, level=level, hidden=16)
+        for factored in (False, True)
+    ]
+    for key, value in runs[0][0].items():
+        assert torch.equal(runs[1][0][key], value), key
+
+
+def test_factored_heads_need_linear_heads() -> None:
+    task, method = LinearTask(2), get_method("graddrop", 2)
+    with pytest.raises(ValueError, match="factored_heads: the model's heads are not LinearHeads of one"):
+        backward_step(task.build_model(), task, Batch(X), method, StepContext(level="feature"), factored=True)

@@ -278,7 +278,7 @@ def test_result_changing_settings_enter_the_run_identity(setting: dict) -> None:
 
 
 def test_default_execution_settings_leave_the_config_hash_as_it_was() -> None:
-    explicit = digits_run(batched_heads=False, optimizer_impl="default", amp=None)
+    explicit = digits_run(batched_heads=False, optimizer_impl="default", factored_heads=False, amp=None)
     assert explicit.config_hash() == digits_run().config_hash()
 
 
@@ -286,6 +286,8 @@ def test_default_execution_settings_leave_the_config_hash_as_it_was() -> None:
     ("train", "message"),
     [
         ({"batched_heads": True}, r"batched_heads: true, but task '_linear' does not declare linear_heads"),
+        ({"factored_heads": True}, r"factored_heads: true, but task '_linear' does not declare linear_heads"),
+        ({"factored_heads": "yes"}, r"train.factored_heads: expected bool, got 'yes'"),
         ({"optimizer_impl": "fused", "device": "meta"}, r"'fused' has no kernels on device 'meta'"),
         ({"optimizer_impl": "fast"}, r"train.optimizer_impl: got 'fast'; expected one of default, foreach"),
         ({"amp": "fp8"}, r"train.amp: got 'fp8'; expected one of None, bf16, fp16"),

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from benchmark.factored import FactoredGradients
 from benchmark.method import StepContext, get_method
 from methods.graddrop import activation_sign, keep_probability, sign_purity
 
@@ -204,3 +205,30 @@ def test_matches_torchjd_graddrop_given_the_same_uniform_draws(leak: float | lis
     torch.manual_seed(5)
     expected = aggregation.GradDrop(leak=leaks)(grads)
     torch.testing.assert_close(update, expected)
+
+
+@pytest.mark.parametrize(
+    "hparams",
+    [
+        {},
+        {"leak": [0.0, 0.3, 1.0]},
+        {"keep_gradnorm_constant": True},
+        {"input": "value", "purity_fn": "sigmoid", "k": 2.0},
+        {"input": "none"},
+        {"marginalize_batch": True},
+    ],
+    ids=lambda h: ",".join(h) or "defaults",
+)
+@pytest.mark.parametrize("outputs", [1, 2])
+def test_factored_gradients_give_the_dense_update_with_every_option(hparams: dict, outputs: int) -> None:
+    """The sums from the heads' factors (one output) or their dense expansion (two, and batch
+    marginalisation) give the update of the dense gradients, draw for draw."""
+    factored = FactoredGradients(random_grads(3, 8, outputs, seed=1), random_grads(3, outputs, 5, seed=2))
+    activation = random_grads(8, 5, seed=3)
+    updates = [
+        get_method("graddrop", num_tasks=3, **hparams).combine(
+            grads, seeded(level="feature", activation=activation)
+        )
+        for grads in (factored, factored.dense())
+    ]
+    torch.testing.assert_close(*updates)

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 from torch import Tensor
 
+from benchmark.factored import FactoredGradients
 from benchmark.method import LEVELS, Method, StepContext, get_method
 from benchmark.registry import METHODS
 
@@ -339,3 +340,18 @@ def test_combine_under_bf16_autocast_runs_in_float32(name: str, input_dtype: tor
         update = update_of(name, grads, losses=losses)
     assert update.dtype == torch.float32 and update.isfinite().all()
     torch.testing.assert_close(update, update_of(name, grads.float(), losses=losses))
+
+
+@pytest.mark.parametrize("outputs", [1, 2])
+@pytest.mark.parametrize("name", claiming("accepts_factored"))
+def test_factored_gradients_give_the_dense_update(name: str, outputs: int) -> None:
+    """Methods that accept the linear heads' factors: the same update as on the dense gradients they
+    stand for (same draws; float64, so that rounding cannot flip a random choice)."""
+    coefficients, weights = sample_grads(T, 6, outputs, seed=2), sample_grads(T, outputs, 3, seed=3)
+    factored = FactoredGradients(coefficients, weights)
+    activation = sample_grads(6, 3, seed=4)
+    updates = [
+        build(name).combine(grads, make_ctx(T, torch.float64, level="feature", activation=activation))
+        for grads in (factored, factored.dense())
+    ]
+    torch.testing.assert_close(*updates)
