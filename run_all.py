@@ -9,6 +9,7 @@ python run_all.py prepare NAME [--data-root DIR] [--workers N]   # convert a tas
 python run_all.py perf [--params 100000 1000000] [PATTERN]   # aggregation cost per method vs the floor
 python run_all.py export [--suite S] [--format csv|parquet] [--output DIR]   # the store as flat files
 python run_all.py perf --step [--methods ew mgda] [--tasks-counts 40] [--trunks mlp] [--json F]  # step × ew
+python run_all.py perf --step --variant batched_heads=true,optimizer_impl=fused   # and with these settings
 
 Exit status: 0 on success, 1 when a run failed or on an internal error (with its traceback), 2 on a
 user error (:class:`benchmark.errors.UserError`: a bad suite, argument, store or dataset), printed as
@@ -26,14 +27,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmark.config import load_suite
+from benchmark.config import check_train_settings, load_suite
 from benchmark.data import require_root, resolve_data_root
 from benchmark.errors import UserError
 from benchmark.export import FORMATS, export_store
 from benchmark.perf import aggregation_costs, cost_table
 from benchmark.registry import METHODS, TASKS, load_plugin, unknown_name_message
 from benchmark.report import write_report
-from benchmark.step_perf import TRUNKS, step_benchmark, step_cases, step_json, step_table
+from benchmark.step_perf import TRUNKS, Settings, step_benchmark, step_cases, step_json, step_table
 from benchmark.store import ResultsStore, StoreError
 from benchmark.sweep import EXECUTORS, default_workers, run_suite
 
@@ -41,6 +42,7 @@ ROOT = Path(__file__).resolve().parent
 DEFAULT_SUITE = ROOT / "configs" / "quick.yaml"
 DEFAULT_STORE = ROOT / "results" / "store.sqlite"
 DEFAULT_REPORTS = ROOT / "reports"
+PERF_OWN_SETTINGS = ("device", "level", "jacobian")  # perf --step sets these per case, not a --variant
 
 log = logging.getLogger("run_all")
 
@@ -130,6 +132,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     step.add_argument("--device", default="cpu", help="torch device of the step")
     step.add_argument("--no-memory", action="store_true", help="skip the per-case peak-memory subprocesses")
     step.add_argument("--json", type=Path, help="also write every round's times and ratios here")
+    step.add_argument(
+        "--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE...]",
+        help="also every case with these TrainSpec settings (repeatable), × its own ew and the default ew",
+    )
     perf.set_defaults(handler=cmd_perf)
 
     export = sub.add_parser("export", parents=[common], help="write the store's runs and metrics as files")
@@ -159,6 +165,23 @@ def setting(text: str) -> tuple[str, object]:
         return key, yaml.safe_load(value)
     except yaml.YAMLError as err:
         raise argparse.ArgumentTypeError(f"{text!r}: the value is not valid YAML ({err})") from err
+
+
+def variant(text: str) -> Settings:
+    """A ``--variant``: ``KEY=VALUE[,KEY=VALUE...]`` TrainSpec settings (each as ``--set`` reads it),
+    checked and coerced, as sorted key/value pairs."""
+    values: dict[str, object] = {}
+    for part in text.split(","):
+        try:
+            key, value = setting(part)
+        except argparse.ArgumentTypeError as err:
+            raise UserError(f"--variant {text}: {err}") from err
+        if key in PERF_OWN_SETTINGS:
+            raise UserError(f"--variant {text}: {key}: perf --step sets it per case, not a variant")
+        if key in values:
+            raise UserError(f"--variant {text}: {key}: given twice")
+        values[key] = value
+    return tuple(sorted(check_train_settings(values, f"--variant {text}").items()))
 
 
 def positive_int(text: str) -> int:
@@ -269,8 +292,9 @@ def cmd_perf_step(args: argparse.Namespace) -> int:
         raise UserError(f"--methods: no method matches {' '.join(args.methods)!r}")
     for name in args.task:
         TASKS.get(name)
+    variants = [variant(text) for text in args.variant]
     torch.set_num_threads(args.threads)
-    cases = step_cases(names, args.tasks_counts, args.trunks, args.task)
+    cases = step_cases(names, args.tasks_counts, args.trunks, args.task, variants=variants)
     log.info("timing %d step configurations, %d rounds, %d threads", len(cases), args.rounds, args.threads)
     results = step_benchmark(cases, args.rounds, args.repeats, args.device, memory=not args.no_memory)
     table = step_table(results)

@@ -275,6 +275,18 @@ def parse_suite(
     return Suite(shared.name, str(suite.get("description", "")), source, tuple(runs), settings)
 
 
+def check_train_settings(settings: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """TrainSpec ``settings`` given outside a suite file, checked and coerced as a suite's ``train`` is;
+    each error starts with ``where`` (the option that gave them, say) and names the key."""
+    return _train_fields(settings, "", _failer(where), str)
+
+
+def check_execution(train: TrainSpec, task: Task, where: str, key: str) -> None:
+    """Settings valid alone but not with ``task`` or the device, as for a suite's runs (``key``: the
+    task, in messages after ``where``)."""
+    _check_execution(train, task, key, _failer(where))
+
+
 def _task_runs(
     shared: _Shared,
     key: str,

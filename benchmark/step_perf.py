@@ -1,5 +1,10 @@
 """Step cost: the real training step (``Trainer._step``: model, method, optimiser, schedule) per method
-and level, as a ratio to the summed-loss step (``ew``) of the same model, batch and round.
+and level, as a ratio to the summed-loss step (``ew``) of the same model, batch, settings and round.
+
+Every case runs with the task's default training settings, and again with each variant of TrainSpec
+settings asked for (``perf --step --variant batched_heads=true,optimizer_impl=fused``); a variant's
+cases also get their ratio to the default-settings ``ew`` of the same model, so that what the settings
+save reads off one column (the variant's ``ew`` at, say, 0.62× the default ``ew``).
 
 Cases run in one process in interleaved rounds (round-robin over the cases, each round timing every
 case ``repeats`` times and keeping the median), so that a slower or busier stretch of the machine hits
@@ -16,13 +21,15 @@ high-water mark of the resident set (``VmHWM`` of ``/proc/self/status``, reset a
 The two synthetic trunks of DESIGN §7 (not registered tasks): ``mlp``, 1024 -> 512 -> 512 with ReLU
 (787,456 shared parameters), batch 256; ``cnn``, four 3×3 convolutions (3 -> 32 -> 64 -> 64 -> 16
 channels, stride 2 after the first; 65,552 shared parameters) on 64×64 inputs, batch 64. Both have T
-heads ``Linear(z → 1)`` with a binary cross-entropy loss each. Absolute times depend on the machine;
+heads ``LinearHead(z → 1)`` (one logit per row; the task declares ``linear_heads``, so that
+``batched_heads`` applies) with a binary cross-entropy loss each. Absolute times depend on the machine;
 this is a benchmark, not a test.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import statistics
 import subprocess
@@ -35,8 +42,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from benchmark.config import check_execution
 from benchmark.specs import Metric, PluginSpec, RunSpec, TrainSpec
-from benchmark.task import Batch, MultiTaskModel, Task, get_task
+from benchmark.task import Batch, LinearHead, MultiTaskModel, Task, get_task
 from benchmark.trainer import Trainer
 
 BASELINE = "ew"
@@ -44,9 +52,11 @@ TORCHJD = "torchjd_upgrad"
 
 
 class SyntheticTask(Task):
-    """A trunk of :data:`TRUNKS` with ``num_tasks`` binary heads on one fixed random batch."""
+    """A trunk of :data:`TRUNKS` with ``num_tasks`` binary heads (one logit per row) on one fixed random
+    batch."""
 
     eval_splits = ()
+    linear_heads = True
 
     def __init__(self, trunk: str, num_tasks: int) -> None:
         super().__init__([f"t{i}" for i in range(num_tasks)])
@@ -55,7 +65,7 @@ class SyntheticTask(Task):
 
     def build_model(self) -> MultiTaskModel:
         trunk = _mlp() if self.trunk == "mlp" else _cnn()
-        return MultiTaskModel(trunk, [nn.Linear(self.width, 1) for _ in self.task_names])
+        return MultiTaskModel(trunk, [LinearHead(self.width, 1, squeeze=True) for _ in self.task_names])
 
     def train_batches(self, batch_size: int | None, generator: torch.Generator) -> Iterator[Batch]:
         inputs = torch.randn(batch_size, *self.input_shape, generator=generator)
@@ -65,7 +75,7 @@ class SyntheticTask(Task):
 
     def losses(self, outputs: list[Tensor], batch: Batch) -> Tensor:
         bce = nn.functional.binary_cross_entropy_with_logits
-        return torch.stack([bce(out[:, 0], batch.targets[:, i]) for i, out in enumerate(outputs)])
+        return torch.stack([bce(out, batch.targets[:, i]) for i, out in enumerate(outputs)])
 
     def metrics(self) -> list[Metric]:
         return []
@@ -88,32 +98,52 @@ TRUNKS: dict[str, tuple[tuple[int, ...], int, int]] = {
 }
 
 
+Settings = tuple[tuple[str, object], ...]
+
+
 @dataclass(frozen=True)
 class StepCase:
-    """One configuration: a synthetic ``trunk`` with ``num_tasks`` heads, or a registered ``task``."""
+    """One configuration: a synthetic ``trunk`` with ``num_tasks`` heads, or a registered ``task``;
+    ``settings``: TrainSpec fields over the task's ``train_defaults`` (key/value pairs, kept sorted
+    as tuples, also when given as the lists of a JSON round trip)."""
 
     method: str
     level: str
     trunk: str = ""
     num_tasks: int = 0
     task: str = ""
+    settings: Settings = ()
+
+    def __post_init__(self) -> None:
+        pairs = sorted((tuple(pair) for pair in self.settings), key=lambda pair: pair[0])
+        object.__setattr__(self, "settings", tuple(pairs))
 
     @property
     def model(self) -> tuple[str, int, str]:
-        """The cases of one model and batch share this key (and their baseline)."""
+        """The cases of one model and batch share this key (and their default-settings baseline)."""
         return (self.trunk, self.num_tasks, self.task)
+
+
+def settings_label(settings: Settings) -> str:
+    """``batched_heads=true, optimizer_impl=fused`` (values as YAML writes them); ``–`` for none."""
+    return ", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in settings) or "–"
 
 
 @dataclass
 class StepResult:
     case: StepCase
     ms: list[float]  # median step time of each round
-    ratios: list[float]  # to the baseline's time of the same round
+    ratios: list[float]  # to the time of the baseline with the same settings in the same round
+    ratios_to_defaults: list[float]  # to the default-settings baseline's time of the same round
     peak_mib: float | None = None
 
     @property
     def ratio(self) -> float:
         return statistics.median(self.ratios)
+
+    @property
+    def ratio_to_defaults(self) -> float:
+        return statistics.median(self.ratios_to_defaults)
 
 
 def build_task(case: StepCase) -> Task:
@@ -125,8 +155,9 @@ def build_step(case: StepCase, device: str = "cpu") -> Callable[[], None]:
     TorchJD step on the trainer's model and batch."""
     task = build_task(case)
     method = BASELINE if case.method == TORCHJD else case.method
-    settings = {**dict(task.train_defaults), "level": case.level, "jacobian": "auto", "device": device}
-    train = TrainSpec(**settings)
+    settings = {**task.train_defaults, **dict(case.settings), "level": case.level, "jacobian": "auto"}
+    train = TrainSpec(**{**settings, "device": device})
+    check_execution(train, task, f"settings {settings_label(case.settings)}", case.task or case.trunk)
     spec = RunSpec("perf", PluginSpec(case.task or "synthetic"), PluginSpec(method), 0, train)
     trainer = Trainer(spec, task=task)
     batches = (b.to(trainer.device) for b in task.train_batches(train.batch_size, trainer.data_generator))
@@ -167,23 +198,26 @@ def step_cases(
     tasks: Sequence[str] = (),
     levels: Sequence[str] = ("param", "feature"),
     torchjd: bool | None = None,
+    variants: Sequence[Settings] = (),
 ) -> list[StepCase]:
     """Every method at every level on every model, the baseline first; loss weightings (one backward
-    whatever the level) once, at ``"param"``. ``torchjd``: add TorchJD's step (default: if installed)."""
+    whatever the level) once, at ``"param"``. ``torchjd``: add TorchJD's step (default: if installed).
+    Each of ``variants`` (TrainSpec settings) adds every case of each model again, after its defaults'."""
     from benchmark.method import get_method
 
     torchjd = importlib.util.find_spec("torchjd") is not None if torchjd is None else torchjd
     models = [(t, n, "") for t in trunks for n in num_tasks] + [("", get_task(k).num_tasks, k) for k in tasks]
     cases = []
-    for trunk, count, task in models:
-        cases.append(StepCase(BASELINE, "param", trunk, count, task))
+    for (trunk, count, task), settings in itertools.product(models, dict.fromkeys(((), *variants))):
+        cases.append(StepCase(BASELINE, "param", trunk, count, task, settings))
         for name in methods:
             if name == BASELINE:
                 continue
             one_level = not get_method(name, count).needs_grads
-            cases += [StepCase(name, lv, trunk, count, task) for lv in (levels[:1] if one_level else levels)]
+            levels_of = levels[:1] if one_level else levels
+            cases += [StepCase(name, lv, trunk, count, task, settings) for lv in levels_of]
         if torchjd:
-            cases.append(StepCase(TORCHJD, "param", trunk, count, task))
+            cases.append(StepCase(TORCHJD, "param", trunk, count, task, settings))
     return cases
 
 
@@ -207,10 +241,17 @@ def time_interleaved(
 
 
 def with_ratios(times: dict[StepCase, list[float]]) -> list[StepResult]:
-    """Each case's round times over its model's baseline times of the same rounds."""
-    baselines = {case.model: ms for case, ms in times.items() if case.method == BASELINE}
+    """Each case's round times over the same rounds' times of its model's baseline with the same
+    settings, and of its model's baseline with the default settings."""
+    baselines = {(case.model, case.settings): ms for case, ms in times.items() if case.method == BASELINE}
+
+    def over(ms: list[float], base: list[float]) -> list[float]:
+        return [t / b for t, b in zip(ms, base, strict=True)]
+
     return [
-        StepResult(case, ms, [t / b for t, b in zip(ms, baselines[case.model], strict=True)])
+        StepResult(
+            case, ms, over(ms, baselines[case.model, case.settings]), over(ms, baselines[case.model, ()])
+        )
         for case, ms in times.items()
     ]
 
@@ -261,10 +302,11 @@ def step_benchmark(
 
 
 def step_table(results: Sequence[StepResult]) -> str:
-    """Markdown: one row per case with its median time, ratio to ``ew`` and spread over rounds."""
+    """Markdown: one row per case with its median time, ratio to the ``ew`` of its settings, spread over
+    rounds and ratio to the default-settings ``ew``."""
     lines = [
-        "| model | T | method | level | ms | × ew | spread (min–max) | peak MiB |",
-        "|---|---:|---|---|---:|---:|---|---:|",
+        "| model | T | settings | method | level | ms | × ew | spread (min–max) | × ew defaults | peak MiB |",
+        "|---|---:|---|---|---|---:|---:|---|---:|---:|",
     ]
     for r in results:
         c = r.case
@@ -272,15 +314,20 @@ def step_table(results: Sequence[StepResult]) -> str:
         peak = "–" if r.peak_mib is None else f"{r.peak_mib:.0f}"
         level = c.level if c.method != BASELINE else "–"
         lines.append(
-            f"| {model} | {c.num_tasks or '–'} | {c.method} | {level} | {statistics.median(r.ms):.1f} | "
-            f"{r.ratio:.2f} | {min(r.ratios):.2f}–{max(r.ratios):.2f} | {peak} |"
+            f"| {model} | {c.num_tasks or '–'} | {settings_label(c.settings)} | {c.method} | {level} | "
+            f"{statistics.median(r.ms):.1f} | {r.ratio:.2f} | {min(r.ratios):.2f}–{max(r.ratios):.2f} | "
+            f"{r.ratio_to_defaults:.2f} | {peak} |"
         )
     return "\n".join(lines)
 
 
 def step_json(results: Sequence[StepResult]) -> str:
     rows = [
-        {**asdict(r.case), "ms": r.ms, "ratios": r.ratios, "ratio": r.ratio, "peak_mib": r.peak_mib}
+        {
+            **asdict(r.case), "settings": dict(r.case.settings), "ms": r.ms, "ratios": r.ratios,
+            "ratio": r.ratio, "ratios_to_defaults": r.ratios_to_defaults,
+            "ratio_to_defaults": r.ratio_to_defaults, "peak_mib": r.peak_mib,
+        }
         for r in results
     ]
     return json.dumps(rows, indent=1)
