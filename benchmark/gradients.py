@@ -283,10 +283,8 @@ def observed_gradients(
     z's graph and must not be written)."""
     with side_effect_free(model.heads):
         if level == "feature":
-            aliases = [z.detach().requires_grad_() for _ in range(task.num_tasks)]
-            losses = task.losses(model.forward_each(aliases), batch)
-            grads = torch.autograd.grad(losses.sum(), aliases, allow_unused=True)
-            return torch.stack([_zeros_if_none(g, a, a.shape) for g, a in zip(grads, aliases, strict=True)])
+            z_grads = z_gradients(model, task, batch, batch, StepContext(), z)
+            return z_grads.dense() if isinstance(z_grads, FactoredGradients) else torch.stack(z_grads)
         losses = task.losses(model.forward_heads(z), batch)
         return jacobian(losses, model.shared_parameters(), strategy).detach()
 
@@ -308,30 +306,58 @@ def per_task_gradients(
     the param level only ``with_activation``: the flattened shared parameters). ``z`` is the trunk's
     output on ``reducer``'s shard of ``batch``: ``local``, when the caller has it already.
 
-    Both levels start with one backward of the summed losses through the heads, each head reading its
-    own alias of z (loss i depends on head i only): it gives the heads their gradients and the T
-    gradients at z. The feature level stops there (gathering the gradients over the shards); the param
-    level continues through the trunk alone, into ``buffer`` when given. ``factored`` (feature level,
-    heads linear in z): the gradients stay the heads' factors, see :func:`_factored_gradients`.
+    Both levels start with :func:`z_gradients`, which also gives the heads their gradients. The
+    feature level stops there (gathering the gradients over the shards; as the heads' factors only
+    with ``factored``); the param level continues through the trunk alone, into ``buffer`` when given.
     """
     local = reducer.shard(batch) if local is None else local
-    if factored and ctx.level == "feature":
-        return _factored_gradients(model, task, local, batch, ctx, z, reducer)
-    aliases, losses = _heads_at(model, task, local, batch, ctx, z, reducer)
-    losses.sum().backward()  # reaches the aliases and the heads, not the trunk
-    z_grads = _dense([a.grad for a in aliases], aliases)
+    z_grads = z_gradients(model, task, local, batch, ctx, z, reducer, factored, set_head_grads=True)
     if ctx.level == "feature":
+        if isinstance(z_grads, FactoredGradients):
+            whole = FactoredGradients(reducer.gather(z_grads.coefficients, 1), z_grads.weights)
+            return _at_z(model, ctx, z, whole if factored else whole.dense(), reducer)
         return _at_z(model, ctx, z, reducer.gather(torch.stack(z_grads), 1), reducer)
     shared = model.shared_parameters()
     out = _jacobian_out(buffer, "main", task.num_tasks, shared, z)
-    matrix = jacobian_through(z, z_grads, shared, strategy, out)
+    matrix = jacobian_through(z, _rows_of(z_grads), shared, strategy, out)
     if with_activation:
         ctx.activation = torch.cat([p.detach().reshape(-1) for p in shared])
     head_params = [p for p in model.heads.parameters() if p.requires_grad]
     return PerTaskGradients(matrix, partial(_assign_flat, shared), head_params)
 
 
-def _factored_gradients(
+def z_gradients(
+    model: MultiTaskModel,
+    task: Task,
+    local: Batch,
+    batch: Batch,
+    ctx: StepContext,
+    z: Tensor,
+    reducer: Reducer = LOCAL,
+    factored: bool = False,
+    set_head_grads: bool = False,
+) -> FactoredGradients | list[Tensor]:
+    """This process's T gradients at z (the trunk's output on its shard ``local`` of ``batch``), from
+    one backward of its share of the summed losses through the heads (loss i depends on head i only),
+    which sets the heads' ``.grad`` if ``set_head_grads``; the whole batch's losses go to
+    ``ctx.losses``.
+
+    Heads linear in z, when stacked (``batched_heads``) or ``factored``, read z itself and the backward
+    stops at their outputs: the gradients are the factors ``∂Lᵢ/∂outᵢ`` and ``Wᵢ``
+    (:class:`FactoredGradients`; their dense form is one batched product). Other heads each read their
+    own alias of z: a list of T dense gradients.
+    """
+    if factored or model.batched:
+        return _head_factors(model, task, local, batch, ctx, z, reducer, set_head_grads)
+    aliases = [z.detach().requires_grad_() for _ in range(task.num_tasks)]
+    loss = _shard_losses(task, model.forward_each(aliases), local, batch, ctx, reducer).sum()
+    if set_head_grads:
+        loss.backward()  # reaches the aliases and the heads, not the trunk
+        return _dense([a.grad for a in aliases], aliases)
+    return _dense(torch.autograd.grad(loss, aliases, allow_unused=True), aliases)
+
+
+def _head_factors(
     model: MultiTaskModel,
     task: Task,
     local: Batch,
@@ -339,21 +365,30 @@ def _factored_gradients(
     ctx: StepContext,
     z: Tensor,
     reducer: Reducer,
-) -> PerTaskGradients:
-    """The feature level for heads linear in z: the heads read z detached, so the summed losses'
-    backward stops at their outputs (it gives the heads their gradients and ``∂Lᵢ/∂outᵢ``); the T
-    gradients at z are ``∂Lᵢ/∂outᵢ Wᵢ``, kept as those factors."""
+    set_head_grads: bool,
+) -> FactoredGradients:
+    """:func:`z_gradients` for heads linear in z: ``∇_z Lᵢ = ∂Lᵢ/∂outᵢ Wᵢ``, as those factors."""
     weights = model.linear_head_weights()
     if weights is None:
         raise ValueError("factored_heads: the model's heads are not LinearHeads of one shape")
     outputs = model.forward_heads(z.detach())
-    for output in outputs:
-        output.retain_grad()
-    _shard_losses(task, outputs, local, batch, ctx, reducer).sum().backward()
-    coefficients = torch.stack(_dense([out.grad for out in outputs], outputs))
+    loss = _shard_losses(task, outputs, local, batch, ctx, reducer).sum()
+    if set_head_grads:
+        for output in outputs:
+            output.retain_grad()
+        loss.backward()
+        grads = [output.grad for output in outputs]
+    else:
+        grads = torch.autograd.grad(loss, outputs, allow_unused=True)
+    coefficients = torch.stack(_dense(grads, outputs))
     if coefficients.dim() == z.dim():  # heads that squeeze their one output
         coefficients = coefficients.unsqueeze(-1)
-    return _at_z(model, ctx, z, FactoredGradients(reducer.gather(coefficients, 1), weights), reducer)
+    return FactoredGradients(coefficients, weights)
+
+
+def _rows_of(z_grads: FactoredGradients | list[Tensor]) -> Sequence[Tensor]:
+    """The T dense gradients at z, one tensor each."""
+    return z_grads.dense().unbind(0) if isinstance(z_grads, FactoredGradients) else z_grads
 
 
 def _at_z(
@@ -369,24 +404,8 @@ def _at_z(
     return PerTaskGradients(grads, apply, [p for p in model.parameters() if p.requires_grad])
 
 
-def _heads_at(
-    model: MultiTaskModel,
-    task: Task,
-    local: Batch,
-    batch: Batch,
-    ctx: StepContext,
-    z: Tensor,
-    reducer: Reducer,
-) -> tuple[list[Tensor], Tensor]:
-    """T leaf aliases of z (one storage; the trunk's output on this process's shard ``local`` of
-    ``batch``) and this process's share of the losses ``[T]`` with head i reading alias i (the whole
-    batch's losses go to ``ctx.losses``)."""
-    aliases = [z.detach().requires_grad_() for _ in range(task.num_tasks)]
-    return aliases, _shard_losses(task, model.forward_each(aliases), local, batch, ctx, reducer)
-
-
-def _dense(grads: Sequence[Tensor | None], aliases: Sequence[Tensor]) -> list[Tensor]:
-    return [_zeros_if_none(g, a, a.shape) for g, a in zip(grads, aliases, strict=True)]
+def _dense(grads: Sequence[Tensor | None], like: Sequence[Tensor]) -> list[Tensor]:
+    return [_zeros_if_none(g, a, a.shape) for g, a in zip(grads, like, strict=True)]
 
 
 def _extra_jacobian(
@@ -401,11 +420,10 @@ def _extra_jacobian(
     main one; heads untouched."""
     local = reducer.shard(batch)
     z = model.trunk(local.inputs)
-    aliases, losses = _heads_at(model, task, local, batch, StepContext(), z, reducer)
-    z_grads = _dense(torch.autograd.grad(losses.sum(), aliases, allow_unused=True), aliases)
+    z_grads = z_gradients(model, task, local, batch, StepContext(), z, reducer)
     shared = model.shared_parameters()
     out = _jacobian_out(buffer, "extra", task.num_tasks, shared, z)
-    return jacobian_through(z, z_grads, shared, strategy, out).detach()
+    return jacobian_through(z, _rows_of(z_grads), shared, strategy, out).detach()
 
 
 def _jacobian_out(

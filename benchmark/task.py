@@ -115,10 +115,10 @@ class LinearHead(nn.Linear):
 class StackedLinearHeads(nn.Module):
     """T linear heads ``D -> k`` as one module: weight ``[T, k, D]``, bias ``[T, k]``.
 
-    On one input z (:meth:`forward`) the heads are one ``F.linear`` with the ``[T k, D]`` weight; on T
-    inputs, one per head (:meth:`each`, the feature level's aliases of z), one ``torch.baddbmm``, so
-    head i's output depends on ``inputs[i]`` alone. The outputs equal the separate heads' to float
-    tolerance, not bit for bit (other summation orders), hence ``train: {batched_heads: true}``.
+    On z the heads are one ``F.linear`` with the ``[T k, D]`` weight. The outputs equal the separate
+    heads' to float tolerance, not bit for bit (other summation orders), hence
+    ``train: {batched_heads: true}``. The engine never needs head i on its own alias of z: their
+    gradients at z follow from their factors (:mod:`benchmark.factored`).
     """
 
     def __init__(self, heads: Sequence[nn.Module]) -> None:
@@ -143,16 +143,7 @@ class StackedLinearHeads(nn.Module):
     def forward(self, z: Tensor) -> list[Tensor]:
         """Every head on ``z`` ``[..., D]`` -> T outputs ``[..., k]`` (``[...]`` with ``squeeze``)."""
         out = F.linear(z, self.weight.flatten(0, 1), self.bias.flatten())
-        return self._split(out.unflatten(-1, self.bias.shape).movedim(-2, 0))
-
-    def each(self, inputs: Sequence[Tensor]) -> list[Tensor]:
-        """Head i on ``inputs[i]`` ``[..., D]``, for the T inputs at once."""
-        stacked = torch.stack(list(inputs))  # [T, ..., D]
-        flat = stacked.flatten(1, -2)  # [T, N, D]
-        out = torch.baddbmm(self.bias.unsqueeze(1), flat, self.weight.transpose(1, 2))  # [T, N, k]
-        return self._split(out.unflatten(1, stacked.shape[1:-1]))
-
-    def _split(self, out: Tensor) -> list[Tensor]:
+        out = out.unflatten(-1, self.bias.shape).movedim(-2, 0)
         return list((out.squeeze(-1) if self.squeeze else out).unbind(0))
 
 
@@ -174,21 +165,27 @@ class MultiTaskModel(nn.Module):
         return self.forward_heads(self.trunk(inputs))
 
     def forward_heads(self, z: Tensor) -> list[Tensor]:
-        if isinstance(self.heads, StackedLinearHeads):
+        if self.batched:
             return self.heads(z)
         return [head(z) for head in self.heads]
 
     def forward_each(self, inputs: Sequence[Tensor]) -> list[Tensor]:
-        """Head i applied to ``inputs[i]``."""
-        if isinstance(self.heads, StackedLinearHeads):
-            return self.heads.each(inputs)
+        """Head i applied to ``inputs[i]`` (separate heads; stacked ones are linear in z, and the engine
+        takes their gradients at z from their factors instead, :mod:`benchmark.factored`)."""
+        if self.batched:
+            raise ValueError("forward_each needs separate heads; these are stacked")
         return [head(z) for head, z in zip(self.heads, inputs, strict=True)]
+
+    @property
+    def batched(self) -> bool:
+        """Whether the heads are one :class:`StackedLinearHeads`."""
+        return isinstance(self.heads, StackedLinearHeads)
 
     def linear_head_weights(self) -> Tensor | None:
         """The heads' weights ``[T, k, D]`` (detached) when every head is linear in z (``LinearHead`` s
         of one shape, separate or stacked), else ``None``: ``∇_z Lᵢ = ∂Lᵢ/∂outᵢ Wᵢ``
         (:mod:`benchmark.factored`)."""
-        if isinstance(self.heads, StackedLinearHeads):
+        if self.batched:
             return self.heads.weight.detach()
         heads = list(self.heads)
         if not all(isinstance(h, LinearHead) for h in heads) or len({h.weight.shape for h in heads}) > 1:
@@ -200,7 +197,7 @@ class MultiTaskModel(nn.Module):
 
     def batch_heads(self) -> None:
         """Replace the separate heads by one :class:`StackedLinearHeads` with the same parameters."""
-        if not isinstance(self.heads, StackedLinearHeads):
+        if not self.batched:
             self.heads = StackedLinearHeads(list(self.heads))
 
     def autocast(self, amp: str) -> GradScale | None:

@@ -36,6 +36,7 @@ TOLERANCE = {"rtol": 2e-4, "atol": 1e-6}  # float32, sums in another order
 # into 1e-3 of its weights (measured on one process alone), so no reduction order can match it to
 # float tolerance; with lr 1 the same change leaves the weights unchanged to 4 digits.
 PARAMS = {"sdmgrad": {"lr": 1.0}}
+FACTORED = ("graddrop", "mgda", "trimmed_mean")  # factors combined, and expanded for a method
 
 
 def _digits_batches(task: Task, size: int) -> tuple[Batch, Batch]:
@@ -43,13 +44,15 @@ def _digits_batches(task: Task, size: int) -> tuple[Batch, Batch]:
     return next(batches), next(batches)
 
 
-def _step(task: Task, name: str, level: str, batch: Batch, extra: Batch, reducer: Reducer) -> dict:
+def _step(
+    task: Task, name: str, level: str, batch: Batch, extra: Batch, reducer: Reducer, factored: bool = False
+) -> dict:
     """One step from a fresh seeded model and method: the losses and every gradient it sets."""
     torch.manual_seed(0)
     model = task.build_model()
     method = get_method(name, num_tasks=task.num_tasks, **PARAMS.get(name, {}))
     ctx = StepContext(generator=torch.Generator().manual_seed(1), level=level)
-    losses = backward_step(model, task, batch, method, ctx, "loop", extra, reducer)
+    losses = backward_step(model, task, batch, method, ctx, "loop", extra, reducer, factored=factored)
     named = [*model.named_parameters(), *(("method." + n, p) for n, p in method.named_parameters())]
     return {"losses": losses, **{n: p.grad for n, p in named if p.grad is not None}}
 
@@ -66,7 +69,9 @@ def _difference(one: dict, many: dict) -> str | None:
     return None
 
 
-def _compare_step(task: Task, name: str, level: str, size: int, reducer: Reducer) -> str | None:
+def _compare_step(
+    task: Task, name: str, level: str, size: int, reducer: Reducer, factored: bool = False
+) -> str | None:
     method = get_method(name, num_tasks=task.num_tasks)
     try:
         method.check_level(level)
@@ -74,8 +79,8 @@ def _compare_step(task: Task, name: str, level: str, size: int, reducer: Reducer
         return None  # undefined at this level; the suite refuses it
     batch, extra = _digits_batches(task, size)
     extra = extra if method.batches_per_step > 1 else None
-    one = _step(task, name, level, batch, extra, LOCAL)
-    return _difference(one, _step(task, name, level, batch, extra, reducer))
+    one = _step(task, name, level, batch, extra, LOCAL, factored)
+    return _difference(one, _step(task, name, level, batch, extra, reducer, factored))
 
 
 def _compare_run(name: str, reducer: Reducer) -> str | None:
@@ -113,6 +118,9 @@ def _job(rank: int, world_size: int, port: int, folder: Path) -> None:
         for level in LEVELS:
             found["uneven", name, level] = _compare_step(digits, name, level, UNEVEN_BATCH, reducer)
             found["task_rows", name, level] = _compare_step(transfer, name, level, BATCH, reducer)
+    for name in FACTORED:
+        for size in (BATCH, UNEVEN_BATCH):
+            found["factored", name, str(size)] = _compare_step(digits, name, "feature", size, reducer, True)
     for name in STATEFUL:
         found["run", name] = _compare_run(name, reducer)
     (folder / f"{rank}.pkl").write_bytes(pickle.dumps(found))
@@ -154,6 +162,15 @@ def test_uneven_shards_and_batch_separated_losses(findings: dict, name: str, lev
     where a shard may hold no row of a loss)."""
     _check(findings, ("uneven", name, level))
     _check(findings, ("task_rows", name, level))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FACTORED)
+def test_factored_heads_gather_the_factors_of_every_row(findings: dict, name: str) -> None:
+    """``factored_heads``: each process's factors of its rows, gathered, give one process's step
+    (even and uneven shards)."""
+    for size in (BATCH, UNEVEN_BATCH):
+        _check(findings, ("factored", name, str(size)))
 
 
 @pytest.mark.slow

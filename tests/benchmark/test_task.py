@@ -33,13 +33,11 @@ def test_linear_head_squeezes_one_logit_per_row() -> None:
         LinearHead(2, 3, squeeze=True)
 
 
-def test_stacked_heads_give_hand_computed_outputs_on_one_input_and_on_aliases() -> None:
+def test_stacked_heads_give_hand_computed_outputs() -> None:
     stacked = StackedLinearHeads(hand_heads())
     z = torch.tensor([[1.0, 1.0], [2.0, 0.0]])
     first, second = stacked(z)
     assert torch.equal(first, torch.tensor([3.5, 2.5])) and torch.equal(second, torch.tensor([-1.0, -2.0]))
-    first, second = stacked.each([z, 2 * z])  # head i reads inputs[i]
-    assert torch.equal(first, torch.tensor([3.5, 2.5])) and torch.equal(second, torch.tensor([-2.0, -4.0]))
 
 
 def test_stacking_keeps_the_separate_heads_parameters() -> None:
@@ -63,14 +61,23 @@ def test_batched_model_matches_separate_heads_in_outputs_and_gradients() -> None
 
 
 def test_each_alias_gets_the_gradient_of_its_own_head_only() -> None:
-    model = random_model(True)
+    model = random_model(False)
     z = torch.randn(8, 6, generator=torch.Generator().manual_seed(2))
     aliases = [z.detach().requires_grad_() for _ in range(5)]
     outputs = model.forward_each(aliases)
     outputs[1].sum().backward()  # loss of head 1 alone
-    for i, alias in enumerate(aliases):
-        expected = model.heads.weight[1].sum(0).expand(8, 6) if i == 1 else torch.zeros(8, 6)
-        torch.testing.assert_close(alias.grad, expected.detach())
+    torch.testing.assert_close(aliases[1].grad, model.heads[1].weight.sum(0).expand(8, 6).detach())
+    assert all(alias.grad is None for i, alias in enumerate(aliases) if i != 1)
+    with pytest.raises(ValueError, match="forward_each needs separate heads"):
+        random_model(True).forward_each(aliases)
+
+
+def test_linear_head_weights_are_the_stacked_weights_or_none() -> None:
+    separate, batched = random_model(False), random_model(True)
+    assert torch.equal(separate.linear_head_weights(), batched.heads.weight.detach())
+    assert separate.linear_head_weights().shape == (5, 3, 6) and not separate.batched and batched.batched
+    assert MultiTaskModel(nn.Linear(4, 6), [LinearHead(6, 2), nn.Linear(6, 2)]).linear_head_weights() is None
+    assert MultiTaskModel(nn.Linear(4, 6), [LinearHead(6, 2), LinearHead(6, 3)]).linear_head_weights() is None
 
 
 def test_heads_of_another_shape_or_kind_cannot_be_stacked() -> None:

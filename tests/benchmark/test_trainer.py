@@ -257,7 +257,11 @@ SGD = {"optimizer": "sgd", "momentum": 0.9}
     [
         ("graddrop", {}, {"batched_heads": True}),
         ("mgda", {"level": "param"}, {"batched_heads": True}),
+        ("mgda", {"level": "feature"}, {"batched_heads": True}),
         ("ew", {}, {"batched_heads": True}),
+        ("graddrop", {}, {"factored_heads": True}),
+        ("graddrop", {}, {"factored_heads": True, "batched_heads": True}),
+        ("mgda", {"level": "feature"}, {"factored_heads": True}),
         ("ew", {}, {"optimizer_impl": "foreach"}),
         ("ew", {}, {"optimizer_impl": "fused"}),
         ("ew", SGD, {"optimizer_impl": "fused"}),
@@ -272,7 +276,10 @@ def test_execution_settings_give_the_same_metrics_to_float_tolerance(
     assert [r[3] for r in values(other)] == pytest.approx([r[3] for r in values(plain)], rel=1e-4, abs=1e-6)
 
 
-@pytest.mark.parametrize("setting", [{"batched_heads": True}, {"optimizer_impl": "fused"}, {"amp": "bf16"}])
+@pytest.mark.parametrize(
+    "setting",
+    [{"batched_heads": True}, {"optimizer_impl": "fused"}, {"factored_heads": True}, {"amp": "bf16"}],
+)
 def test_result_changing_settings_enter_the_run_identity(setting: dict) -> None:
     assert digits_run(**setting).config_hash() != digits_run().config_hash()
 
