@@ -31,6 +31,7 @@ from benchmark.config import check_train_settings, load_suite
 from benchmark.data import require_root, resolve_data_root
 from benchmark.errors import UserError
 from benchmark.export import FORMATS, export_store
+from benchmark.method import LEVELS
 from benchmark.perf import aggregation_costs, cost_table
 from benchmark.registry import METHODS, TASKS, load_plugin, unknown_name_message
 from benchmark.report import write_report
@@ -128,6 +129,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     step.add_argument("--tasks-counts", type=int, nargs="+", default=[2, 10, 40], help="T of the trunks")
     step.add_argument("--trunks", nargs="+", choices=sorted(TRUNKS), default=sorted(TRUNKS))
     step.add_argument("--task", nargs="+", default=[], help="also registered tasks, at their defaults")
+    step.add_argument("--levels", nargs="+", choices=LEVELS, default=list(LEVELS), help="of gradient methods")
     step.add_argument("--rounds", type=int, default=5, help="interleaved rounds (ratios' spread)")
     step.add_argument("--device", default="cpu", help="torch device of the step")
     step.add_argument("--no-memory", action="store_true", help="skip the per-case peak-memory subprocesses")
@@ -294,7 +296,7 @@ def cmd_perf_step(args: argparse.Namespace) -> int:
         TASKS.get(name)
     variants = [variant(text) for text in args.variant]
     torch.set_num_threads(args.threads)
-    cases = step_cases(names, args.tasks_counts, args.trunks, args.task, variants=variants)
+    cases = step_cases(names, args.tasks_counts, args.trunks, args.task, args.levels, variants=variants)
     log.info("timing %d step configurations, %d rounds, %d threads", len(cases), args.rounds, args.threads)
     results = step_benchmark(cases, args.rounds, args.repeats, args.device, memory=not args.no_memory)
     table = step_table(results)

@@ -200,8 +200,9 @@ def step_cases(
     torchjd: bool | None = None,
     variants: Sequence[Settings] = (),
 ) -> list[StepCase]:
-    """Every method at every level on every model, the baseline first; loss weightings (one backward
-    whatever the level) once, at ``"param"``. ``torchjd``: add TorchJD's step (default: if installed).
+    """Every method at every one of ``levels`` on every model, the baseline first; loss weightings (one
+    backward whatever the level) once. ``torchjd``: add TorchJD's step (default: if installed) where
+    ``levels`` has ``"param"``.
     Each of ``variants`` (TrainSpec settings) adds every case of each model again, after its defaults'."""
     from benchmark.method import get_method
 
@@ -216,7 +217,7 @@ def step_cases(
             one_level = not get_method(name, count).needs_grads
             levels_of = levels[:1] if one_level else levels
             cases += [StepCase(name, lv, trunk, count, task, settings) for lv in levels_of]
-        if torchjd:
+        if torchjd and "param" in levels:
             cases.append(StepCase(TORCHJD, "param", trunk, count, task, settings))
     return cases
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pytest
@@ -257,3 +258,13 @@ def test_set_overrides_a_training_setting_and_a_bad_one_names_the_option(
     assert (spec["train"]["steps"], spec["train"]["eval_every"]) == (4, 2)
     assert cli(tmp_path, *args, "--set", "lr=-1") == 2
     assert "command line: --set lr: must be > 0, got -1" in caplog.text
+
+
+def test_the_gpu_check_scripts_perf_command_parses() -> None:
+    """``scripts/gpu_check.sh`` runs only on a GPU machine: its ``perf --step`` arguments are checked here."""
+    script = (run_all.ROOT / "scripts" / "gpu_check.sh").read_text().replace("\\\n", " ")
+    line = next(x for x in script.splitlines() if "run_all.py perf" in x)
+    words = shlex.split(line.split("run_all.py", 1)[1].split("2>", 1)[0].replace('"$OUT', '"out'))
+    args = run_all.parse_args(words)
+    assert args.step and args.device == "cuda" and args.json == Path("out/perf_step.json")
+    assert len(args.variant) == 2

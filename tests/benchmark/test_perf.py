@@ -73,6 +73,12 @@ def test_cases_put_the_baseline_first_and_loss_weightings_at_one_level() -> None
     assert all(c.method != TORCHJD for c in step_cases(["ew"], [2], ["cnn"], torchjd=False))
 
 
+def test_cases_of_the_feature_level_alone_leave_out_torchjds_param_step() -> None:
+    cases = step_cases(["graddrop", "uw"], [2], ["mlp"], levels=["feature"], torchjd=True)
+    expected = [("ew", "param"), ("graddrop", "feature"), ("uw", "feature")]
+    assert [(c.method, c.level) for c in cases] == expected
+
+
 def test_ratios_are_against_the_baseline_of_the_same_model_and_round() -> None:
     base2, base10 = StepCase("ew", "param", "mlp", 2), StepCase("ew", "param", "mlp", 10)
     slow = StepCase("mgda", "feature", "mlp", 10)
