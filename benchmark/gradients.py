@@ -348,42 +348,30 @@ def z_gradients(
     own alias of z: a list of T dense gradients.
     """
     if factored or model.batched:
-        return _head_factors(model, task, local, batch, ctx, z, reducer, set_head_grads)
+        weights = model.linear_head_weights()
+        if weights is None:
+            raise ValueError("factored_heads: the model's heads are not LinearHeads of one shape")
+        outputs = model.forward_heads(z.detach())
+        loss = _shard_losses(task, outputs, local, batch, ctx, reducer).sum()
+        coefficients = torch.stack(_gradients(loss, outputs, set_head_grads))
+        if coefficients.dim() == z.dim():  # heads that squeeze their one output
+            coefficients = coefficients.unsqueeze(-1)
+        return FactoredGradients(coefficients, weights)
     aliases = [z.detach().requires_grad_() for _ in range(task.num_tasks)]
     loss = _shard_losses(task, model.forward_each(aliases), local, batch, ctx, reducer).sum()
-    if set_head_grads:
-        loss.backward()  # reaches the aliases and the heads, not the trunk
-        return _dense([a.grad for a in aliases], aliases)
-    return _dense(torch.autograd.grad(loss, aliases, allow_unused=True), aliases)
+    return _gradients(loss, aliases, set_head_grads)
 
 
-def _head_factors(
-    model: MultiTaskModel,
-    task: Task,
-    local: Batch,
-    batch: Batch,
-    ctx: StepContext,
-    z: Tensor,
-    reducer: Reducer,
-    set_head_grads: bool,
-) -> FactoredGradients:
-    """:func:`z_gradients` for heads linear in z: ``∇_z Lᵢ = ∂Lᵢ/∂outᵢ Wᵢ``, as those factors."""
-    weights = model.linear_head_weights()
-    if weights is None:
-        raise ValueError("factored_heads: the model's heads are not LinearHeads of one shape")
-    outputs = model.forward_heads(z.detach())
-    loss = _shard_losses(task, outputs, local, batch, ctx, reducer).sum()
-    if set_head_grads:
-        for output in outputs:
-            output.retain_grad()
-        loss.backward()
-        grads = [output.grad for output in outputs]
-    else:
-        grads = torch.autograd.grad(loss, outputs, allow_unused=True)
-    coefficients = torch.stack(_dense(grads, outputs))
-    if coefficients.dim() == z.dim():  # heads that squeeze their one output
-        coefficients = coefficients.unsqueeze(-1)
-    return FactoredGradients(coefficients, weights)
+def _gradients(loss: Tensor, tensors: Sequence[Tensor], set_head_grads: bool) -> list[Tensor]:
+    """The gradients of ``loss`` w.r.t. ``tensors`` (zeros where it does not reach one): with
+    ``set_head_grads`` from a backward that also fills the heads' ``.grad`` (it stops at ``tensors``:
+    the aliases of z, or the heads' outputs on z detached), else without side effects."""
+    if not set_head_grads:
+        return _dense(torch.autograd.grad(loss, tensors, allow_unused=True), tensors)
+    for tensor in tensors:
+        tensor.retain_grad()  # a no-op on the aliases, which are leaves
+    loss.backward()
+    return _dense([tensor.grad for tensor in tensors], tensors)
 
 
 def _rows_of(z_grads: FactoredGradients | list[Tensor]) -> Sequence[Tensor]:
