@@ -7,8 +7,8 @@ in O(T·(M + D)) memory instead of the ``T·M·D`` of the dense gradients:
 
 - the Gramian ``Gᵢⱼ = Σ_ab (Cᵢᵀ Cⱼ)_ab (Wᵢ Wⱼᵀ)_ab`` (``(C Cᵀ) ∘ (W Wᵀ)`` for k = 1);
 - a weighted sum ``Σᵢ aᵢ Cᵢ Wᵢ``, one ``[M, T k] @ [T k, D]`` product;
-- GradDrop's sums of the positive parts (k = 1): ``max(c w, 0) = c⁺ w⁺ + c⁻ w⁻`` for scalars, so
-  ``Σᵢ aᵢ max(gᵢ, 0) = [a C⁺, a C⁻]ᵀ [W⁺; W⁻]``, one more product.
+- GradDrop's sums of the positive parts (k = 1): ``|c w| = |c| |w|`` for scalars, so
+  ``Σᵢ aᵢ |gᵢ| = (a |C|)ᵀ |W|``, one more product, and ``max(g, 0) = (g + |g|) / 2``.
 
 Each is exact algebra; only the floating-point summation order differs from the dense computation,
 so results agree to rounding, not bit for bit: the engine uses this form only when a run sets
@@ -92,12 +92,10 @@ class FactoredGradients:
         if not self.rank_one:
             raise ValueError(f"sign_sums needs one output per head, the heads have {self.weights.shape[1]}")
         coefficients, weights = self._rows()[..., 0], self.weights[:, 0]  # [T, M], [T, D]
-        rows = rows.to(self.dtype)
-        sums = (rows[:, :, None] * coefficients).transpose(1, 2) @ weights  # [R, M, D]
-        split = torch.cat([coefficients.clamp_min(0), coefficients.clamp_max(0)])  # [C⁺; C⁻]
-        scaled = torch.cat([rows, rows], 1)[:, :, None] * split  # [R, 2T, M]
-        positive = scaled.transpose(1, 2) @ torch.cat([weights.clamp_min(0), weights.clamp_max(0)])
-        return sums.flatten(1), positive.flatten(1)
+        rows = rows.to(self.dtype)[:, :, None]
+        sums = torch.matmul((rows * coefficients).transpose(1, 2), weights).flatten(1)  # [R, M D]
+        absolute = torch.matmul((rows * coefficients.abs()).transpose(1, 2), weights.abs()).flatten(1)
+        return sums, (sums + absolute).mul_(0.5)  # max(g, 0) = (g + |g|) / 2
 
 
 Gradients = Tensor | FactoredGradients

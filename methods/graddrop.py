@@ -178,7 +178,7 @@ class GradDrop(Method):
         keep = keep_probability(purity(total, total_abs, self.eps), self.purity_fn, self.k)
         draw = torch.rand(keep.shape, generator=generator, device=keep.device, dtype=keep.dtype)
         # −sign(U − f(P)), with U − f(P) = +0 at a tie: −1 there
-        return torch.copysign(torch.ones((), dtype=keep.dtype, device=keep.device), draw - keep).neg_()
+        return torch.ones_like(keep).copysign_(draw - keep).neg_()
 
 
 def _row_sums(matrix: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
