@@ -85,6 +85,19 @@ def test_every_method_trains_bf16_steps_to_finite_float32_parameters(name: str) 
     assert all(p.dtype == torch.float32 and p.isfinite().all() for p in trainer.model.parameters())
 
 
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+@pytest.mark.parametrize("name", ["graddrop", "mgda"])
+def test_factored_heads_under_mixed_precision_train_close_to_the_dense_gradients(name: str, amp: str) -> None:
+    """The heads' factors are float32 (the heads run outside autocast) while z is not: the update goes
+    back through the reduced-precision trunk as the dense one does."""
+    dense, factored = (
+        run(digits_spec(name, amp=amp, level="feature", factored_heads=f)) for f in (False, True)
+    )
+    assert dense.status == factored.status == "ok", factored.error
+    bce = [[r.value for r in res.metrics if r.name == "bce"] for res in (dense, factored)]
+    assert bce[1] == pytest.approx(bce[0], rel=0.02)
+
+
 def test_fp16_overflow_skips_the_step_and_halves_the_scale() -> None:
     trainer = Trainer(digits_spec("mgda", amp="fp16", level="feature"))
     trainer.grad_scale.value = 1e30  # any gradient overflows float16
@@ -119,8 +132,9 @@ def test_cuda_mixed_precision_steps_are_close_to_float32(method: str, level: str
 
 @pytest.mark.cuda
 @pytest.mark.skipif(NO_CUDA, reason="needs a CUDA device")
-def test_cuda_batched_heads_match_separate_heads() -> None:
+@pytest.mark.parametrize("setting", [{"batched_heads": True}, {"factored_heads": True}])
+def test_cuda_speed_settings_match_the_defaults(setting: dict) -> None:
     plain = run(digits_spec("graddrop", device="cuda", level="feature"))
-    batched = run(digits_spec("graddrop", device="cuda", level="feature", batched_heads=True))
-    assert batched.status == plain.status == "ok", batched.error
-    assert [r.value for r in batched.metrics] == pytest.approx([r.value for r in plain.metrics], rel=1e-4)
+    other = run(digits_spec("graddrop", device="cuda", level="feature", **setting))
+    assert other.status == plain.status == "ok", other.error
+    assert [r.value for r in other.metrics] == pytest.approx([r.value for r in plain.metrics], rel=1e-4)
