@@ -1,14 +1,15 @@
 """One training step's backward as a pipeline: per-task gradients -> reduce -> combine -> apply.
 
 1. **Per-task gradients** (:func:`per_task_gradients`), at the chosen level. Both levels start with
-   one backward of the summed losses through the heads, each head reading its own alias of the shared
-   representation z: it yields the T gradients at z and the heads' own gradients.
+   one backward of the summed losses through the heads (:func:`z_gradients`), each head reading its
+   own alias of the shared representation z: it yields the T gradients at z and the heads' own
+   gradients. Heads linear in z, when stacked (``batched_heads``) or with ``factored_heads``, read z
+   itself, and their gradients at z are the factors ``∂Lᵢ/∂outᵢ`` and the heads' weights
+   (:mod:`benchmark.factored`).
 
    - ``feature``: the gradients w.r.t. z, ``[T, *z.shape]``; applying the update sends it back through
      the trunk with one more backward. Cost: about one backward of the summed loss. With
-     ``factored_heads`` (heads linear in z) the heads read z itself and the T gradients stay factors,
-     ``∂Lᵢ/∂outᵢ`` and the heads' weights (:mod:`benchmark.factored`): no ``[T, *z.shape]`` tensor
-     unless the method needs it dense.
+     ``factored_heads`` methods that accept them get the factors: no ``[T, *z.shape]`` tensor.
    - ``param``: the Jacobian of the T losses w.r.t. the shared (trunk) parameters, ``[T, P]``, as T
      backwards of z through the trunk alone against those gradients (:func:`jacobian_through`), by a
      loop of ``autograd.grad`` calls (``"loop"``) or one call with ``is_grads_batched``

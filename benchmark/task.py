@@ -188,7 +188,9 @@ class MultiTaskModel(nn.Module):
         if self.batched:
             return self.heads.weight.detach()
         heads = list(self.heads)
-        if not all(isinstance(h, LinearHead) for h in heads) or len({h.weight.shape for h in heads}) > 1:
+        if not all(isinstance(h, LinearHead) for h in heads):
+            return None
+        if len({(h.weight.shape, h.squeeze) for h in heads}) > 1:
             return None
         return torch.stack([h.weight.detach() for h in heads])
 

@@ -78,6 +78,8 @@ def test_linear_head_weights_are_the_stacked_weights_or_none() -> None:
     assert separate.linear_head_weights().shape == (5, 3, 6) and not separate.batched and batched.batched
     assert MultiTaskModel(nn.Linear(4, 6), [LinearHead(6, 2), nn.Linear(6, 2)]).linear_head_weights() is None
     assert MultiTaskModel(nn.Linear(4, 6), [LinearHead(6, 2), LinearHead(6, 3)]).linear_head_weights() is None
+    squeezed = [LinearHead(6, 1, squeeze=True), LinearHead(6, 1)]
+    assert MultiTaskModel(nn.Linear(4, 6), squeezed).linear_head_weights() is None
 
 
 def test_heads_of_another_shape_or_kind_cannot_be_stacked() -> None:
