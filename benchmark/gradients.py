@@ -3,9 +3,9 @@
 1. **Per-task gradients** (:func:`per_task_gradients`), at the chosen level. Both levels start with
    one backward of the summed losses through the heads (:func:`z_gradients`), each head reading its
    own alias of the shared representation z: it yields the T gradients at z and the heads' own
-   gradients. Heads linear in z, when stacked (``batched_heads``) or with ``factored_heads``, read z
+   gradients. Heads linear in z with one output each (or stacked, or with ``factored_heads``) read z
    itself, and their gradients at z are the factors ``∂Lᵢ/∂outᵢ`` and the heads' weights
-   (:mod:`benchmark.factored`).
+   (:mod:`benchmark.factored`), expanded by one batched product unless the method takes them.
 
    - ``feature``: the gradients w.r.t. z, ``[T, *z.shape]``; applying the update sends it back through
      the trunk with one more backward. Cost: about one backward of the summed loss. With
@@ -343,15 +343,16 @@ def z_gradients(
     which sets the heads' ``.grad`` if ``set_head_grads``; the whole batch's losses go to
     ``ctx.losses``.
 
-    Heads linear in z, when stacked (``batched_heads``) or ``factored``, read z itself and the backward
-    stops at their outputs: the gradients are the factors ``∂Lᵢ/∂outᵢ`` and ``Wᵢ``
-    (:class:`FactoredGradients`; their dense form is one batched product). Other heads each read their
-    own alias of z: a list of T dense gradients.
+    Heads linear in z read z itself and the backward stops at their outputs: the gradients are the
+    factors ``∂Lᵢ/∂outᵢ`` and ``Wᵢ`` (:class:`FactoredGradients`; their dense form is one batched
+    product), when that gives the aliases' gradients bit for bit (one output per head: each entry is one
+    product, tested on every shipped task) or a setting allows rounding (``batched_heads``,
+    ``factored``). Other heads each read their own alias of z: a list of T dense gradients.
     """
-    if factored or model.batched:
-        weights = model.linear_head_weights()
-        if weights is None:
-            raise ValueError("factored_heads: the model's heads are not LinearHeads of one shape")
+    weights = model.linear_head_weights()
+    if factored and weights is None:
+        raise ValueError("factored_heads: the model's heads are not LinearHeads of one shape")
+    if weights is not None and (factored or model.batched or weights.shape[1] == 1):
         outputs = model.forward_heads(z.detach())
         loss = _shard_losses(task, outputs, local, batch, ctx, reducer).sum()
         coefficients = torch.stack(_gradients(loss, outputs, set_head_grads))

@@ -167,6 +167,35 @@ def test_jacobian_through_z_is_bit_identical_to_the_direct_one_on_every_shipped_
         assert torch.equal(buffer, direct), strategy
 
 
+ONE_OUTPUT_HEADS = ("digits", "celeba-famo_cnn", "celeba-resnet18")
+
+
+@pytest.mark.parametrize("name", [*NO_DATA, *SLOW])
+def test_the_engines_gradients_at_z_are_bit_identical_to_the_aliases_on_every_shipped_task(
+    name: str, tmp_path: Path
+) -> None:
+    """Heads of one output each (digits, celeba) give their gradients at z from their factors, one
+    product per entry: the same bits as each head's own backward into its alias of z; heads without
+    factors, or with several outputs, keep the aliases. The heads' gradients are the same bits too."""
+    task = shipped_task(name, tmp_path)
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    batch = next(task.train_batches(8, torch.Generator().manual_seed(0)))
+    z = model.trunk(batch.inputs)
+    aliases = [z.detach().requires_grad_() for _ in range(task.num_tasks)]
+    task.losses(model.forward_each(aliases), batch).sum().backward()
+    expected = torch.stack([a.grad if a.grad is not None else torch.zeros_like(a) for a in aliases])
+    expected_heads = [p.grad.clone() for p in model.heads.parameters()]
+    model.zero_grad(set_to_none=True)
+    z_grads = gradients.z_gradients(model, task, batch, batch, StepContext(), z, set_head_grads=True)
+    factored = isinstance(z_grads, FactoredGradients)
+    weights = model.linear_head_weights()
+    assert factored == (weights is not None and weights.shape[1] == 1) == (name in ONE_OUTPUT_HEADS)
+    assert torch.equal(z_grads.dense() if factored else torch.stack(z_grads), expected)
+    for grad, expected_grad in zip((p.grad for p in model.heads.parameters()), expected_heads, strict=True):
+        assert torch.equal(grad, expected_grad)
+
+
 def test_the_step_reuses_one_jacobian_buffer_and_matches_a_step_without_it() -> None:
     task = LinearTask(3)
     buffer, seen = JacobianBuffer(), []
