@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.task import Batch, MultiTaskModel, Task
-from tasks.digits import SPLITS, check_int, load_splits, shuffled_rows
+from tasks._checks import check_int
+from tasks.digits import SPLITS, load_splits, shuffled_rows
 
 DIGIT_SIZE = 8
 """Side of scikit-learn's digit images, in pixels."""
@@ -47,7 +48,7 @@ class CanvasTask(Task):
 
     def __init__(self, task_names: Sequence[str], split_seed: int) -> None:
         super().__init__(task_names)
-        self.split_seed = check_int("split_seed", split_seed, 0, self.name)
+        self.split_seed = check_int(self.name, "split_seed", split_seed, 0)
 
     def build_split(self, images: Tensor, labels: Tensor, rng: np.random.Generator) -> dict[str, Tensor]:
         """A split's examples from its digits ``images`` ``[N, 8, 8]`` in [0, 1] and ``labels`` ``[N]``;
@@ -82,7 +83,7 @@ class CanvasTask(Task):
     def _batch_size(self, batch_size: int | None) -> int:
         if batch_size is None:
             return len(self.data["train"]["inputs"])
-        return check_int("batch_size", batch_size, 1, self.name)
+        return check_int(self.name, "batch_size", batch_size, 1)
 
     def predict(self, model: MultiTaskModel, split: str) -> tuple[list[Tensor], Mapping[str, Tensor]]:
         """The heads' outputs on ``split`` (one forward on the model's device, returned on the CPU) and

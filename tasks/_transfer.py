@@ -17,13 +17,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from benchmark.task import Batch, Metric, MultiTaskModel, Task, owned_mean
+from tasks._checks import check_fraction, check_int
 
 TASK_NAMES = ("source", "target")
 SOURCE, TARGET = 0, 1
@@ -54,19 +54,6 @@ class TransferData:
     num_classes: tuple[int, int]
 
 
-def check_int(task: str, name: str, value: Any, minimum: int) -> int:
-    """``value``, an integer (not a bool) of at least ``minimum``, else a ``ValueError`` naming it."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{task}: {name}={value!r} must be an integer >= {minimum}")
-    return value
-
-
-def check_fraction(task: str, name: str, value: Any) -> float:
-    """``value``, a number in [0, 1), else a ``ValueError`` naming it."""
-    valid = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not (valid and 0 <= value < 1):
-        raise ValueError(f"{task}: {name}={value!r} must be a number in [0, 1)")
-    return float(value)
 
 
 def rows_per_batch(batch_size: int, source_fraction: float) -> tuple[int, int]:

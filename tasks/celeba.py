@@ -29,6 +29,7 @@ from benchmark.task import Batch, LinearHead, Metric, MultiTaskModel, Task
 from tasks import _celeba_lists as lists
 from tasks import _images as images
 from tasks._celeba_models import MODELS
+from tasks._checks import check_int
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,8 @@ class CelebA(Task):
         if model not in MODELS:
             raise ValueError(f"celeba: model: {unknown_name_message('model', model, MODELS)}")
         self.model = model
-        self.image_size = _check_int("image_size", image_size, 8)
-        self.workers = _check_int("workers", workers, 0)
+        self.image_size = check_int("celeba", "image_size", image_size, 8)
+        self.workers = check_int("celeba", "workers", workers, 0)
         if not isinstance(pin_memory, bool):
             raise ValueError(f"celeba: pin_memory={pin_memory!r} must be true or false")
         self.pin_memory = pin_memory
@@ -179,7 +180,7 @@ class CelebA(Task):
         return int((self.annotations.partition == lists.SPLITS.index(split)).sum())
 
     def _batch_size(self, batch_size: int | None) -> int:
-        return 256 if batch_size is None else _check_int("batch_size", batch_size, 1)
+        return 256 if batch_size is None else check_int("celeba", "batch_size", batch_size, 1)
 
     @classmethod
     def data_status(cls, data_root: Path | None) -> str:
@@ -200,7 +201,7 @@ class CelebA(Task):
     def prepare(cls, data_root: Path, workers: int, image_size: int = DEFAULT_SIZE) -> None:
         """Decode every image listed once into the cache of ``image_size`` (rebuilt unless a complete
         cache matching the current lists already exists)."""
-        size = _check_int("image_size", image_size, 8)
+        size = check_int("celeba", "image_size", image_size, 8)
         layout = lists.locate(require_root(resolve_data_root(data_root), "celeba"))
         names = lists.read(layout).images
         expected = cache_manifest(layout, len(names), size)
@@ -237,9 +238,3 @@ def _check_attributes(attributes: Sequence[str] | None) -> tuple[str, ...]:
     if len(set(attributes)) != len(attributes):
         raise ValueError(f"celeba: attributes={list(attributes)!r} lists a name twice")
     return tuple(attributes)
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"celeba: {name}={value!r} must be an integer >= {minimum}")
-    return value

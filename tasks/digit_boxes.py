@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from benchmark.registry import TASKS
 from benchmark.task import Batch, Metric, MultiTaskModel
 from tasks._canvas import DIGIT_SIZE, CanvasTask, conv_trunk
-from tasks.digits import check_int
+from tasks._checks import check_int
 
 CLASSES = 10
 
@@ -123,10 +123,10 @@ class DigitBoxes(CanvasTask):
         super().__init__(("class", "centre", "size"), split_seed)
         self.scales = _check_scales(self.name, min_scale, max_scale)
         largest = round(DIGIT_SIZE * self.scales[1])
-        self.canvas = check_int("canvas", canvas, max(largest, 8), self.name)
-        self.copies = check_int("copies", copies, 1, self.name)
-        self.channels = check_int("channels", channels, 1, self.name)
-        self.hidden = check_int("hidden", hidden, 1, self.name)
+        self.canvas = check_int(self.name, "canvas", canvas, max(largest, 8))
+        self.copies = check_int(self.name, "copies", copies, 1)
+        self.channels = check_int(self.name, "channels", channels, 1)
+        self.hidden = check_int(self.name, "hidden", hidden, 1)
 
     def build_split(self, images: Tensor, labels: Tensor, rng: np.random.Generator) -> dict[str, Tensor]:
         digits = torch.arange(len(images)).repeat(self.copies)

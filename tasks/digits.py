@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from benchmark.registry import TASKS, unknown_name_message
 from benchmark.task import Batch, LinearHead, Metric, MultiTaskModel, Task
+from tasks._checks import check_int
 
 ATTRIBUTES: Mapping[str, frozenset[int]] = MappingProxyType(
     {
@@ -87,13 +88,6 @@ def _check_attributes(attributes: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(attributes)
 
 
-def check_int(name: str, value: object, minimum: int, task: str = "digits") -> int:
-    """``value``, an integer (not a bool) >= ``minimum``; else a ``ValueError`` naming the task and key."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{task}: {name}={value!r} must be an integer >= {minimum}")
-    return value
-
-
 def shuffled_rows(count: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
     """Row indices of consecutive batches over shuffled epochs of ``count`` rows, without end."""
     while True:
@@ -137,8 +131,8 @@ class Digits(Task):
         self, attributes: Sequence[str] | None = None, hidden: int = 128, split_seed: int = 0
     ) -> None:
         super().__init__(_check_attributes(attributes))
-        self.hidden = check_int("hidden", hidden, 1)
-        self.split_seed = check_int("split_seed", split_seed, 0)
+        self.hidden = check_int("digits", "hidden", hidden, 1)
+        self.split_seed = check_int("digits", "split_seed", split_seed, 0)
 
     @cached_property
     def data(self) -> Mapping[str, tuple[Tensor, Tensor]]:
@@ -168,7 +162,9 @@ class Digits(Task):
             yield Batch(images[rows], targets[rows])
 
     def _batch_size(self, batch_size: int | None) -> int:
-        return len(self.data["train"][0]) if batch_size is None else check_int("batch_size", batch_size, 1)
+        if batch_size is None:
+            return len(self.data["train"][0])
+        return check_int("digits", "batch_size", batch_size, 1)
 
     def losses(self, outputs: list[Tensor], batch: Batch) -> Tensor:
         logits = torch.stack(outputs, dim=1)

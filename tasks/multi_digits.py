@@ -22,7 +22,7 @@ from torch import Tensor
 from benchmark.registry import TASKS
 from benchmark.task import Batch, LinearHead, Metric, MultiTaskModel
 from tasks._canvas import DIGIT_SIZE, CanvasTask, conv_trunk
-from tasks.digits import check_int
+from tasks._checks import check_int
 
 CLASSES = 10
 
@@ -73,10 +73,10 @@ class MultiDigits(CanvasTask):
         split_seed: int = 0,
     ) -> None:
         super().__init__(("left", "right"), split_seed)
-        self.canvas = check_int("canvas", canvas, DIGIT_SIZE + 1, self.name)
-        self.pairs_per_image = check_int("pairs_per_image", pairs_per_image, 1, self.name)
-        self.channels = check_int("channels", channels, 1, self.name)
-        self.hidden = check_int("hidden", hidden, 1, self.name)
+        self.canvas = check_int(self.name, "canvas", canvas, DIGIT_SIZE + 1)
+        self.pairs_per_image = check_int(self.name, "pairs_per_image", pairs_per_image, 1)
+        self.channels = check_int(self.name, "channels", channels, 1)
+        self.hidden = check_int(self.name, "hidden", hidden, 1)
 
     def build_split(self, images: Tensor, labels: Tensor, rng: np.random.Generator) -> dict[str, Tensor]:
         left, right = (torch.from_numpy(i) for i in draw_pairs(len(images), self.pairs_per_image, rng))

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from benchmark.registry import TASKS
 from benchmark.task import Metric, MultiTaskModel
+from tasks._checks import check_int, check_number
 from tasks._point import Point, PointTask
 
 log = logging.getLogger(__name__)
@@ -193,16 +194,6 @@ class Quadratic(nn.Module):
         return 0.5 * diff @ self.curvature @ diff
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"quadratics: {name}={value!r} must be an integer >= {minimum}")
-    return value
-
-
-def _check_float(name: str, value: object, low: float, high: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise ValueError(f"quadratics: {name}={value!r} must be a number in [{low}, {high}]")
-    return float(value)
 
 
 @TASKS.register("quadratics")
@@ -249,15 +240,15 @@ class Quadratics(PointTask):
         problem_seed: int = 0,
         start: int = 0,
     ) -> None:
-        num_tasks = _check_int("num_tasks", num_tasks, 2)
+        num_tasks = check_int("quadratics", "num_tasks", num_tasks, 2)
         super().__init__(tuple(f"quad{i}" for i in range(num_tasks)))
-        self.dim = _check_int("dim", dim, 2)
-        angle = _check_float("angle", angle, 0.0, 90.0)
-        condition = _check_float("condition", condition, 1.0)
-        scale_range = _check_float("scale_range", scale_range, 1.0)
-        problem_seed = _check_int("problem_seed", problem_seed, 0)
+        self.dim = check_int("quadratics", "dim", dim, 2)
+        angle = check_number("quadratics", "angle", angle, 0.0, 90.0)
+        condition = check_number("quadratics", "condition", condition, 1.0)
+        scale_range = check_number("quadratics", "scale_range", scale_range, 1.0)
+        problem_seed = check_int("quadratics", "problem_seed", problem_seed, 0)
         self.problem = make_problem(num_tasks, self.dim, angle, condition, scale_range, problem_seed)
-        self.start = start_point(self.dim, problem_seed, _check_int("start", start, 0))
+        self.start = start_point(self.dim, problem_seed, check_int("quadratics", "start", start, 0))
         start_losses = self.problem.losses(self.start.float().double())  # the start as the model holds it
         if not torch.all(start_losses > 0):
             raise ValueError(f"quadratics: start={start} lies on a centre; hypervolume needs L(start) > 0")

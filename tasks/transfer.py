@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from benchmark.data import DataError, require_root
 from benchmark.registry import TASKS
 from benchmark.task import MultiTaskModel
+from tasks._checks import check_fraction, check_int
 from tasks._image_data import (
     CIFAR10_LAYOUT,
     CIFAR100_LAYOUT,
@@ -54,7 +55,7 @@ from tasks._imagefolder import (
     prepare_imagefolder,
 )
 from tasks._resnet import cifar_resnet
-from tasks._transfer import Labelled, TransferData, TransferTask, check_fraction, check_int
+from tasks._transfer import Labelled, TransferData, TransferTask
 
 SOURCES = ("imagefolder", "cifar10")
 PROTOCOLS = ("mixed", "finetune")

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from benchmark.registry import TASKS
 from benchmark.task import MultiTaskModel
-from tasks._transfer import Labelled, TransferData, TransferTask, check_int
+from tasks._checks import check_int
+from tasks._transfer import Labelled, TransferData, TransferTask
 from tasks.digits import load_splits
 
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
