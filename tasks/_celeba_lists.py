@@ -131,15 +131,8 @@ def _attribute_list(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 f"{path}:1: declares {int(count_line)} images but lists {len(frame)} (truncated?); {LAYOUT}"
             )
     values = frame.iloc[:, 1:].apply(pd.to_numeric, errors="coerce").to_numpy()
-    bad = ~np.isin(values, (-1, 1)).all(1)
-    if bad.any():
-        line = first + int(np.argmax(bad))
-        raise DataError(
-            f"{path}:{line}: expected an image name and {len(ATTRIBUTES)} values -1 or 1, "
-            f"got {_line(path, line).strip()!r}"
-        )
-    images = frame.iloc[:, 0].to_numpy(str)
-    _check_unique(path, images, first)
+    expected = f"an image name and {len(ATTRIBUTES)} values -1 or 1"
+    images = _checked_images(path, frame, ~np.isin(values, (-1, 1)).all(1), first, expected)
     return images, values.astype(np.int8)
 
 
@@ -151,16 +144,23 @@ def _partition_list(path: Path) -> pd.Series:
     else:
         frame, first = _table(path, 0, 2, sep=r"\s+"), 1
     codes = pd.to_numeric(frame.iloc[:, 1], errors="coerce").to_numpy()
-    bad = ~np.isin(codes, (0, 1, 2))
+    expected = "an image name and a partition 0, 1 or 2 (train, val, test)"
+    images = _checked_images(path, frame, ~np.isin(codes, (0, 1, 2)), first, expected)
+    return pd.Series(codes.astype(np.int8), index=images)
+
+
+def _checked_images(
+    path: Path, frame: pd.DataFrame, bad: np.ndarray, first: int, expected: str
+) -> np.ndarray:
+    """The image names of ``frame`` (first column), read from ``path`` from line ``first``; a
+    ``DataError`` at the first ``bad`` row, naming its line and what was ``expected``, or at a name
+    listed twice."""
     if bad.any():
         line = first + int(np.argmax(bad))
-        raise DataError(
-            f"{path}:{line}: expected an image name and a partition 0, 1 or 2 (train, val, test), "
-            f"got {_line(path, line).strip()!r}"
-        )
+        raise DataError(f"{path}:{line}: expected {expected}, got {_line(path, line).strip()!r}")
     images = frame.iloc[:, 0].to_numpy(str)
     _check_unique(path, images, first)
-    return pd.Series(codes.astype(np.int8), index=images)
+    return images
 
 
 def _table(path: Path, header_lines: int, fields: int, sep: str) -> pd.DataFrame:
